@@ -1,0 +1,536 @@
+//! The peer's configuration: one TOML file, a few environment overrides, and
+//! validation that names the offending key or file in one line.
+//!
+//! ```toml
+//! node_id = 1
+//! http_listen = "127.0.1.1:3000"
+//! raft_listen = "127.0.1.1:10008"
+//! data_dir = "/var/lib/orchestrator"
+//!
+//! [[peers]]
+//! id = 1
+//! http = "127.0.1.1:3000"
+//! raft = "127.0.1.1:10008"
+//!
+//! [mysql]
+//! user = "orchestrator"
+//! password_env = "ORCH_MYSQL_PASSWORD"
+//!
+//! [[clusters]]
+//! alias = "main"
+//! seeds = ["127.0.1.1:3306"]
+//! ```
+//!
+//! Environment overrides (applied after the file): `ORCH_NODE_ID`, `ORCH_HTTP_LISTEN`,
+//! `ORCH_MYSQL_USER`, `ORCH_MYSQL_PASSWORD`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::topology::InstanceKey;
+
+/// A configuration that cannot be used, said in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("config {origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration of one peer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This peer's id; must be one of `peers`.
+    pub node_id: u64,
+    /// Where the HTTP API, web UI and gRPC listen (production port 3000).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Where Raft listens (production port 10008).
+    #[serde(default = "default_raft_listen")]
+    pub raft_listen: SocketAddr,
+    /// Raft log and state live here.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Every peer of the group, this one included; an odd count (1, 3, 5, 7).
+    pub peers: Vec<PeerConfig>,
+    pub mysql: MysqlConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    /// Clusters to discover, each from one or more seed instances.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// One member of the Raft group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// The peer's HTTP/gRPC address (`host:3000`).
+    pub http: String,
+    /// The peer's Raft address (`host:10008`).
+    pub raft: String,
+}
+
+/// How the peer logs in to MySQL.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    pub user: String,
+    /// The password inline (fine for a sandbox; prefer `password_file` or `password_env`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Read the password from this file (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from this environment variable.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Port assumed for replicas found through the processlist (no `report_port`).
+    #[serde(default = "default_mysql_port")]
+    pub default_port: u16,
+}
+
+/// The probing loop's timing.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// How often every instance is probed.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// Bound on opening a connection to an instance.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Bound on the probe queries once connected.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: default_probe_interval_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            read_timeout_ms: default_read_timeout_ms(),
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+}
+
+/// A named cluster and where to start discovering it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub alias: String,
+    pub seeds: Vec<InstanceKey>,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 3000))
+}
+fn default_raft_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 10008))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/orchestrator")
+}
+fn default_mysql_port() -> u16 {
+    3306
+}
+fn default_probe_interval_ms() -> u64 {
+    1000
+}
+fn default_connect_timeout_ms() -> u64 {
+    500
+}
+fn default_read_timeout_ms() -> u64 {
+    800
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.apply_env(|name| std::env::var(name).ok(), &path.display().to_string())?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })
+    }
+
+    /// Applies `ORCH_*` overrides read through `env`.
+    pub fn apply_env(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        if let Some(v) = env("ORCH_NODE_ID") {
+            self.node_id = v
+                .parse()
+                .map_err(|_| invalid("ORCH_NODE_ID", format!("`{v}` is not a number")))?;
+        }
+        if let Some(v) = env("ORCH_HTTP_LISTEN") {
+            self.http_listen = v
+                .parse()
+                .map_err(|_| invalid("ORCH_HTTP_LISTEN", format!("`{v}` is not ip:port")))?;
+        }
+        if let Some(v) = env("ORCH_MYSQL_USER") {
+            self.mysql.user = v;
+        }
+        if let Some(v) = env("ORCH_MYSQL_PASSWORD") {
+            self.mysql.password = Some(v);
+            self.mysql.password_file = None;
+            self.mysql.password_env = None;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: peer count and membership, timings, names.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let n = self.peers.len();
+        if n.is_multiple_of(2) {
+            return Err(invalid(
+                "peers",
+                format!("{n} peers configured; a Raft group needs an odd number (1, 3, 5 or 7)"),
+            ));
+        }
+        if n > 7 {
+            return Err(invalid("peers", format!("{n} peers configured; at most 7")));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for p in &self.peers {
+            if !ids.insert(p.id) {
+                return Err(invalid(
+                    "peers.id",
+                    format!("peer id {} appears twice", p.id),
+                ));
+            }
+            for addr in [&p.http, &p.raft] {
+                if addr
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(invalid(
+                        "peers",
+                        format!("peer {}: address `{addr}` is not host:port", p.id),
+                    ));
+                }
+                if !addrs.insert(addr.clone()) {
+                    return Err(invalid("peers", format!("address `{addr}` appears twice")));
+                }
+            }
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(invalid(
+                "node_id",
+                format!("{} is not the id of any entry in [[peers]]", self.node_id),
+            ));
+        }
+        if self.mysql.user.is_empty() {
+            return Err(invalid("mysql.user", "must not be empty".into()));
+        }
+        let sources = [
+            self.mysql.password.is_some(),
+            self.mysql.password_file.is_some(),
+            self.mysql.password_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "mysql.password",
+                "set only one of password, password_file, password_env".into(),
+            ));
+        }
+        let d = &self.discovery;
+        if d.probe_interval_ms < 100 {
+            return Err(invalid(
+                "discovery.probe_interval_ms",
+                format!("{} ms is below the 100 ms minimum", d.probe_interval_ms),
+            ));
+        }
+        for (key, value) in [
+            ("discovery.connect_timeout_ms", d.connect_timeout_ms),
+            ("discovery.read_timeout_ms", d.read_timeout_ms),
+        ] {
+            if value == 0 || value >= d.probe_interval_ms {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value} ms must be above 0 and below probe_interval_ms ({} ms)",
+                        d.probe_interval_ms
+                    ),
+                ));
+            }
+        }
+        let mut aliases = BTreeSet::new();
+        for c in &self.clusters {
+            if c.alias.is_empty() || c.alias.contains('/') {
+                return Err(invalid(
+                    "clusters.alias",
+                    format!("`{}` must be non-empty and contain no `/`", c.alias),
+                ));
+            }
+            if !aliases.insert(c.alias.clone()) {
+                return Err(invalid(
+                    "clusters.alias",
+                    format!("`{}` appears twice", c.alias),
+                ));
+            }
+            if c.seeds.is_empty() {
+                return Err(invalid(
+                    "clusters.seeds",
+                    format!("cluster `{}` has no seed instance", c.alias),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The MySQL password from whichever source is configured (empty when none).
+    pub fn mysql_password(&self) -> Result<String, ConfigError> {
+        let m = &self.mysql;
+        if let Some(p) = &m.password {
+            return Ok(p.clone());
+        }
+        if let Some(path) = &m.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if let Some(var) = &m.password_env {
+            return std::env::var(var).map_err(|_| ConfigError::Invalid {
+                origin: "environment".into(),
+                key: "mysql.password_env".into(),
+                message: format!("variable {var} is not set"),
+            });
+        }
+        Ok(String::new())
+    }
+
+    /// This peer's own entry in `peers`.
+    pub fn this_peer(&self) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.id == self.node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 2
+http_listen = "127.0.1.2:3000"
+
+[[peers]]
+id = 1
+http = "127.0.1.1:3000"
+raft = "127.0.1.1:10008"
+[[peers]]
+id = 2
+http = "127.0.1.2:3000"
+raft = "127.0.1.2:10008"
+[[peers]]
+id = 3
+http = "127.0.1.3:3000"
+raft = "127.0.1.3:10008"
+
+[mysql]
+user = "orchestrator"
+password = "secret"
+
+[discovery]
+probe_interval_ms = 500
+connect_timeout_ms = 200
+read_timeout_ms = 300
+
+[[clusters]]
+alias = "main"
+seeds = ["127.0.1.1:3306"]
+"#;
+
+    fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(text, Path::new("test.toml"))?;
+        c.validate("test.toml")?;
+        Ok(c)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse_and_validate(GOOD).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.raft_listen, "0.0.0.0:10008".parse().unwrap());
+        assert_eq!(c.mysql.default_port, 3306);
+        assert_eq!(c.discovery.probe_interval(), Duration::from_millis(500));
+        assert_eq!(c.clusters[0].seeds[0], InstanceKey::new("127.0.1.1", 3306));
+        assert_eq!(c.this_peer().unwrap().http, "127.0.1.2:3000");
+        assert_eq!(c.mysql_password().unwrap(), "secret");
+    }
+
+    fn error_of(text: &str) -> String {
+        let e = parse_and_validate(text).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "error must be one line: {e}");
+        e
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = GOOD.replace(
+            "read_timeout_ms = 300",
+            "read_timeout_ms = 300\nprobe_intervall = 3",
+        );
+        let e = error_of(&text);
+        assert!(e.contains("probe_intervall"), "{e}");
+        assert!(e.contains("test.toml, line 26"), "{e}");
+    }
+
+    #[test]
+    fn even_peer_count_is_rejected() {
+        let cut = GOOD.find("[[peers]]\nid = 3").unwrap();
+        let end = GOOD.find("[mysql]").unwrap();
+        let text = format!("{}{}", &GOOD[..cut], &GOOD[end..]);
+        let e = error_of(&text);
+        assert!(e.contains("`peers`") && e.contains("odd number"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            (GOOD.replace("node_id = 2", "node_id = 9"), "node_id"),
+            (
+                GOOD.replace("probe_interval_ms = 500", "probe_interval_ms = 50"),
+                "probe_interval_ms",
+            ),
+            (
+                GOOD.replace("read_timeout_ms = 300", "read_timeout_ms = 900"),
+                "read_timeout_ms",
+            ),
+            (GOOD.replace("127.0.1.1:3306", "nohost"), "nohost"),
+            (GOOD.replace("id = 3", "id = 2"), "appears twice"),
+            (
+                GOOD.replace("alias = \"main\"", "alias = \"\""),
+                "clusters.alias",
+            ),
+            (
+                GOOD.replace(
+                    "password = \"secret\"",
+                    "password = \"x\"\npassword_env = \"Y\"",
+                ),
+                "only one of",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = error_of(&text);
+            assert!(e.contains(needle), "expected `{needle}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/orch.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read config file /nonexistent/orch.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply_and_bad_values_are_named() {
+        let mut c = parse_and_validate(GOOD).unwrap();
+        let env = |k: &str| match k {
+            "ORCH_MYSQL_PASSWORD" => Some("from-env".to_string()),
+            "ORCH_HTTP_LISTEN" => Some("127.0.0.9:3000".to_string()),
+            _ => None,
+        };
+        c.apply_env(env, "t").unwrap();
+        assert_eq!(c.mysql_password().unwrap(), "from-env");
+        assert_eq!(c.http_listen, "127.0.0.9:3000".parse().unwrap());
+        let e = c
+            .apply_env(|k| (k == "ORCH_NODE_ID").then(|| "x".to_string()), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ORCH_NODE_ID"), "{e}");
+    }
+
+    #[test]
+    fn password_file_is_read_without_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = GOOD.replace(
+            "password = \"secret\"",
+            &format!("password_file = \"{}\"", file.display()),
+        );
+        let c = parse_and_validate(&text).unwrap();
+        assert_eq!(c.mysql_password().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/orchestrator.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        parse_and_validate(&text).unwrap();
+    }
+}

@@ -1,0 +1,472 @@
+//! The discovery loop: probes every known instance each interval, follows masters and
+//! replicas to find the rest of each cluster, and keeps the latest snapshot per cluster
+//! in a [`TopologyStore`].
+//!
+//! Probes run concurrently and each is bounded in time, so one hung or unreachable
+//! server shows up with its error and never delays the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::mysql::{ProbeError, Prober};
+use crate::topology::{
+    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState,
+    Role,
+};
+use crate::unix_millis_now;
+
+/// How many discovery passes one round makes at most: each pass probes what the
+/// previous one newly found, so a fresh seed yields its whole cluster in one round.
+const MAX_PASSES_PER_ROUND: usize = 4;
+
+/// Records one probe outcome into an instance's state; returns the instances the probe
+/// named (its master and replicas).
+pub fn apply_probe(
+    state: &mut InstanceState,
+    outcome: Result<InstanceProbe, ProbeError>,
+    latency: Duration,
+    now_unix_ms: i64,
+) -> Vec<InstanceKey> {
+    state.last_checked_unix_ms = now_unix_ms;
+    state.probe_latency_ms = latency.as_secs_f64() * 1000.0;
+    match outcome {
+        Ok(probe) => {
+            let mut named: Vec<InstanceKey> = probe.replicas.clone();
+            if let Some(r) = &probe.replication {
+                named.push(r.source.clone());
+            }
+            state.reachable = true;
+            state.last_error = None;
+            state.last_seen_unix_ms = Some(now_unix_ms);
+            state.consecutive_failures = 0;
+            state.last_probe = Some(probe);
+            named
+        }
+        Err(e) => {
+            state.reachable = false;
+            state.last_error = Some(e.to_string());
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            Vec::new()
+        }
+    }
+}
+
+/// The latest view of every known instance and the clusters they form.
+pub struct TopologyStore {
+    inner: RwLock<StoreInner>,
+}
+
+struct StoreInner {
+    instances: BTreeMap<InstanceKey, InstanceState>,
+    aliases: Vec<(String, Vec<InstanceKey>)>,
+    clusters: Vec<ClusterSnapshot>,
+}
+
+impl TopologyStore {
+    /// A store that knows the configured seeds (alias → seed instances).
+    pub fn new(aliases: Vec<(String, Vec<InstanceKey>)>) -> Self {
+        let instances = aliases
+            .iter()
+            .flat_map(|(_, seeds)| seeds.iter())
+            .map(|k| (k.clone(), InstanceState::new(k.clone())))
+            .collect();
+        Self {
+            inner: RwLock::new(StoreInner {
+                instances,
+                aliases,
+                clusters: Vec::new(),
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, StoreInner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StoreInner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn known_keys(&self) -> Vec<InstanceKey> {
+        self.read().instances.keys().cloned().collect()
+    }
+
+    /// Records a probe; returns instances it named that the store did not know yet
+    /// (they are now known and will be probed).
+    pub fn record(
+        &self,
+        key: &InstanceKey,
+        outcome: Result<InstanceProbe, ProbeError>,
+        latency: Duration,
+        now_unix_ms: i64,
+    ) -> Vec<InstanceKey> {
+        let mut inner = self.write();
+        let state = inner
+            .instances
+            .entry(key.clone())
+            .or_insert_with(|| InstanceState::new(key.clone()));
+        let named = apply_probe(state, outcome, latency, now_unix_ms);
+        let mut new = Vec::new();
+        for k in named {
+            if !inner.instances.contains_key(&k) {
+                inner
+                    .instances
+                    .insert(k.clone(), InstanceState::new(k.clone()));
+                new.push(k);
+            }
+        }
+        new
+    }
+
+    /// Regroups instances into clusters.
+    pub fn rebuild(&self, now_unix_ms: i64) {
+        let mut inner = self.write();
+        inner.clusters = build_clusters(&inner.instances, &inner.aliases, now_unix_ms);
+    }
+
+    pub fn clusters(&self) -> Vec<ClusterSnapshot> {
+        self.read().clusters.clone()
+    }
+
+    /// A cluster by alias, by its master's key, or by the key of any member
+    /// (orchestrator's "cluster hint").
+    pub fn cluster(&self, hint: &str) -> Option<ClusterSnapshot> {
+        let inner = self.read();
+        let by_alias = inner.clusters.iter().find(|c| c.alias == hint);
+        by_alias
+            .or_else(|| {
+                let key: InstanceKey = hint.parse().ok()?;
+                inner.clusters.iter().find(|c| c.instance(&key).is_some())
+            })
+            .cloned()
+    }
+
+    /// One instance with its role, from the latest snapshot (or as just recorded, with
+    /// role unknown, before the next regrouping).
+    pub fn instance(&self, key: &InstanceKey) -> Option<ClusterInstance> {
+        let inner = self.read();
+        inner
+            .clusters
+            .iter()
+            .find_map(|c| c.instance(key).cloned())
+            .or_else(|| {
+                inner.instances.get(key).map(|s| ClusterInstance {
+                    role: Role::Unknown,
+                    state: s.clone(),
+                })
+            })
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.read().instances.len()
+    }
+}
+
+/// A request to the loop to probe an instance now and, when it answers, keep it.
+struct DiscoverRequest {
+    key: InstanceKey,
+    reply: oneshot::Sender<Result<ClusterInstance, ProbeError>>,
+}
+
+/// Lets the API ask the loop to discover a new seed.
+#[derive(Clone)]
+pub struct DiscoveryHandle {
+    requests: mpsc::Sender<DiscoverRequest>,
+}
+
+impl DiscoveryHandle {
+    /// Probes `key` now; on success it joins the known instances and its cluster is
+    /// followed from then on.
+    pub async fn discover(&self, key: InstanceKey) -> Result<ClusterInstance, ProbeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(DiscoverRequest { key, reply })
+            .await
+            .map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?
+    }
+}
+
+/// The polling loop.
+pub struct Discovery<P: Prober> {
+    prober: Arc<P>,
+    store: Arc<TopologyStore>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    /// Outer bound on one probe, in case a prober does not bound itself.
+    probe_deadline: Duration,
+    requests: mpsc::Receiver<DiscoverRequest>,
+}
+
+impl<P: Prober> Discovery<P> {
+    pub fn new(
+        prober: P,
+        store: Arc<TopologyStore>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        probe_deadline: Duration,
+    ) -> (Self, DiscoveryHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        (
+            Self {
+                prober: Arc::new(prober),
+                store,
+                metrics,
+                interval,
+                probe_deadline,
+                requests: rx,
+            },
+            DiscoveryHandle { requests: tx },
+        )
+    }
+
+    async fn probe_timed(
+        &self,
+        key: &InstanceKey,
+    ) -> (Result<InstanceProbe, ProbeError>, Duration) {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.probe_deadline, self.prober.probe(key))
+            .await
+            .unwrap_or(Err(ProbeError::ReadTimeout(self.probe_deadline)));
+        let latency = started.elapsed();
+        self.metrics.record_probe(key, outcome.is_ok(), latency);
+        (outcome, latency)
+    }
+
+    /// Probes every known instance once (and whatever those probes newly name), then
+    /// regroups clusters.
+    pub async fn probe_round(&self) {
+        let mut pending: Vec<InstanceKey> = self.store.known_keys();
+        let mut probed: BTreeSet<InstanceKey> = BTreeSet::new();
+        for _ in 0..MAX_PASSES_PER_ROUND {
+            if pending.is_empty() {
+                break;
+            }
+            let results = join_all(pending.iter().map(|k| self.probe_timed(k))).await;
+            let now = unix_millis_now();
+            let mut found = Vec::new();
+            for (key, (outcome, latency)) in pending.iter().zip(results) {
+                if let Err(e) = &outcome {
+                    tracing::debug!(instance = %key, error = %e, "probe failed");
+                }
+                for new in self.store.record(key, outcome, latency, now) {
+                    tracing::info!(instance = %new, named_by = %key, "discovered instance");
+                    found.push(new);
+                }
+                probed.insert(key.clone());
+            }
+            pending = found.into_iter().filter(|k| !probed.contains(k)).collect();
+        }
+        self.store.rebuild(unix_millis_now());
+        self.metrics
+            .set_topology_size(self.store.instance_count(), self.store.clusters().len());
+    }
+
+    async fn handle(&self, request: DiscoverRequest) {
+        let (outcome, latency) = self.probe_timed(&request.key).await;
+        let answer = match outcome {
+            Ok(probe) => {
+                self.store
+                    .record(&request.key, Ok(probe), latency, unix_millis_now());
+                self.store.rebuild(unix_millis_now());
+                tracing::info!(instance = %request.key, "seed added through the API");
+                self.store
+                    .instance(&request.key)
+                    .ok_or_else(|| ProbeError::Unexpected("instance vanished".into()))
+            }
+            Err(e) => Err(e),
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticks.tick() => self.probe_round().await,
+                Some(request) = self.requests.recv() => self.handle(request).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Flavor, GtidSet, ReplicationStatus, SemiSyncStatus, ThreadState};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A scripted topology: key → probe answer. Unlisted keys refuse connections.
+    struct ScriptedProber {
+        answers: Mutex<HashMap<InstanceKey, Result<InstanceProbe, ProbeError>>>,
+        hang: BTreeSet<InstanceKey>,
+    }
+
+    impl Prober for ScriptedProber {
+        async fn probe(&self, key: &InstanceKey) -> Result<InstanceProbe, ProbeError> {
+            if self.hang.contains(key) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            self.answers
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| Err(ProbeError::Connect("Connection refused".into())))
+        }
+    }
+
+    fn key(s: &str) -> InstanceKey {
+        s.parse().unwrap()
+    }
+
+    fn probe(source: Option<&str>, replicas: &[&str]) -> InstanceProbe {
+        InstanceProbe {
+            server_id: 1,
+            server_uuid: None,
+            version: "10.11".into(),
+            flavor: Flavor::MariaDb,
+            read_only: source.is_some(),
+            super_read_only: None,
+            log_bin: true,
+            gtid_executed: GtidSet::parse("0-1-5").unwrap(),
+            replication: source.map(|s| ReplicationStatus {
+                source: key(s),
+                io_thread: ThreadState::Running,
+                sql_thread: ThreadState::Running,
+                last_io_errno: 0,
+                last_io_error: String::new(),
+                last_sql_errno: 0,
+                last_sql_error: String::new(),
+                seconds_behind: Some(0),
+                gtid_mode: "Slave_Pos".into(),
+                received: GtidSet::new(),
+            }),
+            replicas: replicas.iter().map(|r| key(r)).collect(),
+            semi_sync: SemiSyncStatus::default(),
+        }
+    }
+
+    fn discovery(
+        prober: ScriptedProber,
+        seeds: &[&str],
+    ) -> (Discovery<ScriptedProber>, Arc<TopologyStore>) {
+        let store = Arc::new(TopologyStore::new(vec![(
+            "main".into(),
+            seeds.iter().map(|s| key(s)).collect(),
+        )]));
+        let (d, _handle) = Discovery::new(
+            prober,
+            store.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+        );
+        (d, store)
+    }
+
+    fn three_node_answers() -> HashMap<InstanceKey, Result<InstanceProbe, ProbeError>> {
+        HashMap::from([
+            (key("m:1"), Ok(probe(None, &["r1:1", "r2:1"]))),
+            (key("r1:1"), Ok(probe(Some("m:1"), &[]))),
+            (key("r2:1"), Ok(probe(Some("m:1"), &[]))),
+        ])
+    }
+
+    #[tokio::test]
+    async fn one_round_from_a_replica_seed_finds_the_whole_cluster() {
+        let prober = ScriptedProber {
+            answers: Mutex::new(three_node_answers()),
+            hang: BTreeSet::new(),
+        };
+        let (d, store) = discovery(prober, &["r2:1"]);
+        d.probe_round().await;
+        let c = store.cluster("main").expect("cluster main");
+        assert_eq!(c.master, key("m:1"));
+        assert_eq!(c.instances.len(), 3);
+        assert!(c.instances.iter().all(|i| i.state.reachable));
+        assert_eq!(store.cluster("r1:1").unwrap().alias, "main");
+    }
+
+    #[tokio::test]
+    async fn a_hung_instance_times_out_without_stalling_the_round() {
+        let prober = ScriptedProber {
+            answers: Mutex::new(three_node_answers()),
+            hang: BTreeSet::from([key("r1:1")]),
+        };
+        let (d, store) = discovery(prober, &["m:1"]);
+        let started = Instant::now();
+        d.probe_round().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round took {:?}",
+            started.elapsed()
+        );
+        let hung = store.instance(&key("r1:1")).unwrap();
+        assert!(!hung.state.reachable);
+        assert!(hung.state.last_error.unwrap().contains("no answer within"));
+        assert!(store.instance(&key("r2:1")).unwrap().state.reachable);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_stops_answering_keeps_its_place_and_shows_its_error() {
+        let prober = ScriptedProber {
+            answers: Mutex::new(three_node_answers()),
+            hang: BTreeSet::new(),
+        };
+        let (d, store) = discovery(prober, &["m:1"]);
+        d.probe_round().await;
+        d.prober.answers.lock().unwrap().remove(&key("r2:1"));
+        d.probe_round().await;
+        d.probe_round().await;
+        let r2 = store.instance(&key("r2:1")).unwrap();
+        assert_eq!(
+            r2.role,
+            Role::Replica,
+            "keeps its place from the last good probe"
+        );
+        assert!(!r2.state.reachable);
+        assert_eq!(r2.state.consecutive_failures, 2);
+        assert_eq!(
+            r2.state.last_error.as_deref(),
+            Some("cannot connect: Connection refused")
+        );
+    }
+
+    #[test]
+    fn apply_probe_tracks_failures_and_recovery() {
+        let mut st = InstanceState::new(key("a:1"));
+        apply_probe(
+            &mut st,
+            Err(ProbeError::ConnectTimeout(Duration::from_millis(5))),
+            Duration::ZERO,
+            10,
+        );
+        assert!(!st.reachable);
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(st.last_seen_unix_ms, None);
+        let named = apply_probe(
+            &mut st,
+            Ok(probe(Some("m:1"), &["x:1"])),
+            Duration::from_millis(3),
+            20,
+        );
+        assert_eq!(named, vec![key("x:1"), key("m:1")]);
+        assert!(st.reachable);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.last_seen_unix_ms, Some(20));
+        assert_eq!(st.probe_latency_ms, 3.0);
+    }
+}

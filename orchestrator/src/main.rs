@@ -1,0 +1,139 @@
+//! `orchestrator`: the peer daemon. Reads its config, starts discovery and serves the
+//! HTTP/gRPC API until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use orchestrator::api::{self, AppState};
+use orchestrator::config::Config;
+use orchestrator::discovery::{Discovery, TopologyStore};
+use orchestrator::metrics::Metrics;
+use orchestrator::mysql::{MysqlProber, ProbeSettings};
+
+/// MySQL high-availability peer: discovery, HTTP/gRPC API.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Path of the TOML config file.
+    #[arg(
+        long,
+        short,
+        env = "ORCH_CONFIG",
+        default_value = "/etc/orchestrator/orchestrator.toml"
+    )]
+    config: PathBuf,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("orchestrator: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = Config::load(&args.config)?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+    let password = config.mysql_password()?;
+
+    let aliases = config
+        .clusters
+        .iter()
+        .map(|c| (c.alias.clone(), c.seeds.clone()))
+        .collect();
+    let store = Arc::new(TopologyStore::new(aliases));
+    let metrics = Arc::new(Metrics::new());
+    let d = &config.discovery;
+    let prober = MysqlProber::new(ProbeSettings {
+        user: config.mysql.user.clone(),
+        password,
+        connect_timeout: d.connect_timeout(),
+        read_timeout: d.read_timeout(),
+        default_port: config.mysql.default_port,
+    });
+    let (discovery, handle) = Discovery::new(
+        prober,
+        store.clone(),
+        metrics.clone(),
+        d.probe_interval(),
+        d.connect_timeout() + d.read_timeout(),
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
+    tracing::info!(
+        node_id = config.node_id,
+        http = %config.http_listen,
+        peers = config.peers.len(),
+        clusters = config.clusters.len(),
+        "orchestrator peer starting"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let discovery_task = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        async move {
+            discovery
+                .run(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        }
+    });
+    let state = AppState {
+        node_id: config.node_id,
+        http_address: config.http_listen,
+        started: Instant::now(),
+        store,
+        discovery: handle,
+        metrics,
+    };
+    let server = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        api::serve(listener, state, async move {
+            let _ = stop.changed().await;
+        })
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    server
+        .await
+        .context("API server task failed")?
+        .context("API server failed")?;
+    discovery_task.await.context("discovery task failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

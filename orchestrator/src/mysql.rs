@@ -1,0 +1,674 @@
+//! The only module that speaks SQL: probing an instance, per flavor (MySQL 8.0/8.4,
+//! Percona, MariaDB).
+//!
+//! [`Prober`] is the seam the discovery loop uses; [`MysqlProber`] is its real
+//! implementation over `mysql_async`, keeping one connection per instance and
+//! dropping it on any error or timeout. Parsing of server output is done by pure
+//! functions over [`RowMap`]s so both flavors' column names are table-tested without a
+//! server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row, Value};
+
+use crate::topology::{
+    Flavor, GtidSet, InstanceKey, InstanceProbe, ReplicationStatus, SemiSyncStatus, ThreadState,
+};
+
+/// Why a probe failed, in one line an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no answer within {0:?}")]
+    ReadTimeout(Duration),
+    #[error("query `{sql}` failed: {message}")]
+    Query { sql: String, message: String },
+    #[error("unexpected server output: {0}")]
+    Unexpected(String),
+}
+
+/// Probes one instance. The discovery loop only knows this trait.
+pub trait Prober: Send + Sync + 'static {
+    fn probe(
+        &self,
+        key: &InstanceKey,
+    ) -> impl Future<Output = Result<InstanceProbe, ProbeError>> + Send;
+}
+
+/// Login and timing for [`MysqlProber`].
+#[derive(Clone)]
+pub struct ProbeSettings {
+    pub user: String,
+    pub password: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Port assumed for replicas found only through the processlist.
+    pub default_port: u16,
+}
+
+impl std::fmt::Debug for ProbeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeSettings")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
+}
+
+/// [`Prober`] over real connections, one kept open per instance.
+pub struct MysqlProber {
+    settings: ProbeSettings,
+    connections: Mutex<HashMap<InstanceKey, Conn>>,
+}
+
+impl MysqlProber {
+    pub fn new(settings: ProbeSettings) -> Self {
+        Self {
+            settings,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens a new connection to `key`, bounded by the connect timeout.
+    pub async fn connect(&self, key: &InstanceKey) -> Result<Conn, ProbeError> {
+        connect(
+            key,
+            &self.settings.user,
+            &self.settings.password,
+            self.settings.connect_timeout,
+        )
+        .await
+    }
+
+    /// Runs the probe queries on `conn`, keeping it for next time only on success; on
+    /// error it is dropped.
+    async fn probe_with(
+        &self,
+        key: &InstanceKey,
+        mut conn: Conn,
+    ) -> Result<InstanceProbe, ProbeError> {
+        let timeout = self.settings.read_timeout;
+        let result = tokio::time::timeout(timeout, probe_on(&mut conn, self.settings.default_port))
+            .await
+            .unwrap_or(Err(ProbeError::ReadTimeout(timeout)));
+        if result.is_ok() {
+            self.return_connection(key, conn);
+        }
+        result
+    }
+
+    fn take_connection(&self, key: &InstanceKey) -> Option<Conn> {
+        self.connections.lock().ok()?.remove(key)
+    }
+
+    fn return_connection(&self, key: &InstanceKey, conn: Conn) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.insert(key.clone(), conn);
+        }
+    }
+}
+
+/// Opens a TCP connection (never a local socket) to `key`.
+pub async fn connect(
+    key: &InstanceKey,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<Conn, ProbeError> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(key.host.clone())
+        .tcp_port(key.port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(ProbeError::Connect(one_line(&e.to_string()))),
+        Err(_) => Err(ProbeError::ConnectTimeout(timeout)),
+    }
+}
+
+impl Prober for MysqlProber {
+    async fn probe(&self, key: &InstanceKey) -> Result<InstanceProbe, ProbeError> {
+        if let Some(conn) = self.take_connection(key) {
+            match self.probe_with(key, conn).await {
+                // A kept connection can break for reasons of its own (server restarted,
+                // idle timeout): retry at once on a fresh one, so the result says what
+                // the server is like now rather than what the old socket was.
+                Err(ProbeError::Query { .. }) => {}
+                other => return other,
+            }
+        }
+        let conn = self.connect(key).await?;
+        self.probe_with(key, conn).await
+    }
+}
+
+/// A result row as column name → text value (`None` for SQL NULL).
+pub type RowMap = BTreeMap<String, Option<String>>;
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        other => Some(other.as_sql(true)),
+    }
+}
+
+fn row_map(row: &Row) -> RowMap {
+    row.columns_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let value = row.as_ref(i).and_then(value_text);
+            (c.name_str().into_owned(), value)
+        })
+        .collect()
+}
+
+async fn query_maps(conn: &mut Conn, sql: &str) -> Result<Vec<RowMap>, ProbeError> {
+    let rows: Vec<Row> = conn.query(sql).await.map_err(|e| ProbeError::Query {
+        sql: sql.to_string(),
+        message: one_line(&e.to_string()),
+    })?;
+    Ok(rows.iter().map(row_map).collect())
+}
+
+/// Case-insensitive lookup trying each name in turn (MySQL and MariaDB name the same
+/// column differently: `Source_Host` / `Master_Host`).
+pub fn column<'a>(row: &'a RowMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|name| {
+        row.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_deref())
+    })
+}
+
+fn required<'a>(row: &'a RowMap, names: &[&str]) -> Result<&'a str, ProbeError> {
+    column(row, names).ok_or_else(|| ProbeError::Unexpected(format!("missing column {}", names[0])))
+}
+
+fn number<T: std::str::FromStr>(row: &RowMap, names: &[&str]) -> Result<T, ProbeError> {
+    let text = required(row, names)?;
+    text.trim()
+        .parse()
+        .map_err(|_| ProbeError::Unexpected(format!("{} = `{text}` is not a number", names[0])))
+}
+
+fn flag(text: &str) -> bool {
+    matches!(
+        text.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
+/// The per-flavor SQL the prober runs.
+pub struct Dialect;
+
+impl Dialect {
+    pub const IDENTITY: &'static str =
+        "SELECT @@server_id AS server_id, @@version AS version, @@version_comment AS version_comment, \
+         @@read_only AS read_only, @@log_bin AS log_bin";
+
+    /// Server uuid, super_read_only and executed GTIDs.
+    pub fn gtid_sql(flavor: Flavor) -> &'static str {
+        if flavor.is_mariadb() {
+            "SELECT NULL AS server_uuid, NULL AS super_read_only, \
+             IF(@@log_bin, @@gtid_binlog_pos, @@gtid_current_pos) AS gtid_executed"
+        } else {
+            "SELECT @@server_uuid AS server_uuid, @@super_read_only AS super_read_only, \
+             @@gtid_executed AS gtid_executed"
+        }
+    }
+
+    pub fn replica_status_sql(flavor: Flavor) -> &'static str {
+        if flavor.is_mariadb() {
+            "SHOW SLAVE STATUS"
+        } else {
+            "SHOW REPLICA STATUS"
+        }
+    }
+
+    pub fn replica_hosts_sql(flavor: Flavor) -> &'static str {
+        if flavor.is_mariadb() {
+            "SHOW SLAVE HOSTS"
+        } else {
+            "SHOW REPLICAS"
+        }
+    }
+
+    pub const SEMI_SYNC_VARIABLES: &'static str = "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%'";
+    pub const SEMI_SYNC_STATUS: &'static str = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_%'";
+    pub const BINLOG_DUMP_CLIENTS: &'static str =
+        "SELECT HOST AS host FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'";
+}
+
+/// Runs every probe query on an open connection.
+async fn probe_on(conn: &mut Conn, default_port: u16) -> Result<InstanceProbe, ProbeError> {
+    let identity = query_maps(conn, Dialect::IDENTITY).await?;
+    let identity = identity
+        .first()
+        .ok_or_else(|| ProbeError::Unexpected("identity query returned no row".into()))?;
+    let flavor = Flavor::detect(
+        column(identity, &["version"]).unwrap_or(""),
+        column(identity, &["version_comment"]).unwrap_or(""),
+    );
+    let gtid = query_maps(conn, Dialect::gtid_sql(flavor)).await?;
+    let gtid = gtid
+        .first()
+        .ok_or_else(|| ProbeError::Unexpected("GTID query returned no row".into()))?;
+    let replica_status = query_maps(conn, Dialect::replica_status_sql(flavor)).await?;
+    let replica_hosts = query_maps(conn, Dialect::replica_hosts_sql(flavor)).await?;
+    let mut replicas = parse_replica_hosts(&replica_hosts)?;
+    if replicas.is_empty() {
+        let dumps = query_maps(conn, Dialect::BINLOG_DUMP_CLIENTS).await?;
+        replicas = parse_binlog_dump_clients(&dumps, default_port);
+    }
+    let variables = query_maps(conn, Dialect::SEMI_SYNC_VARIABLES).await?;
+    let status = query_maps(conn, Dialect::SEMI_SYNC_STATUS).await?;
+    assemble_probe(
+        flavor,
+        identity,
+        gtid,
+        replica_status.first(),
+        replicas,
+        parse_semi_sync(&variables, &status),
+    )
+}
+
+/// Builds an [`InstanceProbe`] from the rows the probe queries returned.
+pub fn assemble_probe(
+    flavor: Flavor,
+    identity: &RowMap,
+    gtid: &RowMap,
+    replica_status: Option<&RowMap>,
+    replicas: Vec<InstanceKey>,
+    semi_sync: SemiSyncStatus,
+) -> Result<InstanceProbe, ProbeError> {
+    let gtid_executed = parse_gtid(column(gtid, &["gtid_executed"]).unwrap_or(""))?;
+    let replication = match replica_status {
+        Some(row) => Some(parse_replica_status(row)?),
+        None => None,
+    };
+    Ok(InstanceProbe {
+        server_id: number(identity, &["server_id"])?,
+        server_uuid: column(gtid, &["server_uuid"]).map(str::to_string),
+        version: required(identity, &["version"])?.to_string(),
+        flavor,
+        read_only: flag(required(identity, &["read_only"])?),
+        super_read_only: column(gtid, &["super_read_only"]).map(flag),
+        log_bin: column(identity, &["log_bin"]).map(flag).unwrap_or(false),
+        gtid_executed,
+        replication,
+        replicas,
+        semi_sync,
+    })
+}
+
+fn parse_gtid(text: &str) -> Result<GtidSet, ProbeError> {
+    GtidSet::parse(text).map_err(|e| ProbeError::Unexpected(e.to_string()))
+}
+
+/// One row of `SHOW REPLICA STATUS` (MySQL) or `SHOW SLAVE STATUS` (MariaDB).
+pub fn parse_replica_status(row: &RowMap) -> Result<ReplicationStatus, ProbeError> {
+    let host = required(row, &["Source_Host", "Master_Host"])?;
+    let port: u16 = number(row, &["Source_Port", "Master_Port"])?;
+    let gtid_mode = match column(row, &["Using_Gtid"]) {
+        Some(mode) => mode.to_string(),
+        None => match column(row, &["Auto_Position"]) {
+            Some(v) if flag(v) => "auto_position".to_string(),
+            _ => "No".to_string(),
+        },
+    };
+    let received = parse_gtid(column(row, &["Retrieved_Gtid_Set", "Gtid_IO_Pos"]).unwrap_or(""))?;
+    Ok(ReplicationStatus {
+        source: InstanceKey::new(host, port),
+        io_thread: ThreadState::from_status(
+            column(row, &["Replica_IO_Running", "Slave_IO_Running"]).unwrap_or("No"),
+        ),
+        sql_thread: ThreadState::from_status(
+            column(row, &["Replica_SQL_Running", "Slave_SQL_Running"]).unwrap_or("No"),
+        ),
+        last_io_errno: number(row, &["Last_IO_Errno"]).unwrap_or(0),
+        last_io_error: column(row, &["Last_IO_Error"]).unwrap_or("").to_string(),
+        last_sql_errno: number(row, &["Last_SQL_Errno"]).unwrap_or(0),
+        last_sql_error: column(row, &["Last_SQL_Error"]).unwrap_or("").to_string(),
+        seconds_behind: column(row, &["Seconds_Behind_Source", "Seconds_Behind_Master"])
+            .and_then(|v| v.trim().parse().ok()),
+        gtid_mode,
+        received,
+    })
+}
+
+/// Rows of `SHOW REPLICAS` / `SHOW SLAVE HOSTS`; rows without a reported host are
+/// skipped (the processlist fallback finds those).
+pub fn parse_replica_hosts(rows: &[RowMap]) -> Result<Vec<InstanceKey>, ProbeError> {
+    let mut keys = Vec::new();
+    for row in rows {
+        let host = column(row, &["Host"]).unwrap_or("").trim();
+        if host.is_empty() {
+            continue;
+        }
+        let port: u16 = number(row, &["Port"])?;
+        keys.push(InstanceKey::new(host, port));
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// Processlist `HOST` values (`ip:client_port`) of binlog dump threads.
+pub fn parse_binlog_dump_clients(rows: &[RowMap], default_port: u16) -> Vec<InstanceKey> {
+    let mut keys: Vec<InstanceKey> = rows
+        .iter()
+        .filter_map(|row| column(row, &["host"]))
+        .map(|h| h.rsplit_once(':').map(|(host, _)| host).unwrap_or(h))
+        .filter(|h| !h.is_empty())
+        .map(|h| InstanceKey::new(h, default_port))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// `SHOW GLOBAL VARIABLES/STATUS LIKE 'rpl_semi_sync_%'` rows (`Variable_name`, `Value`),
+/// in either the source/replica or the master/slave naming.
+pub fn parse_semi_sync(variables: &[RowMap], status: &[RowMap]) -> SemiSyncStatus {
+    let lookup = |rows: &[RowMap], names: &[&str]| -> Option<String> {
+        rows.iter().find_map(|r| {
+            let name = column(r, &["Variable_name"])?;
+            names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+                .then(|| column(r, &["Value"]).unwrap_or("").to_string())
+        })
+    };
+    SemiSyncStatus {
+        master_enabled: lookup(
+            variables,
+            &[
+                "rpl_semi_sync_source_enabled",
+                "rpl_semi_sync_master_enabled",
+            ],
+        )
+        .is_some_and(|v| flag(&v)),
+        replica_enabled: lookup(
+            variables,
+            &[
+                "rpl_semi_sync_replica_enabled",
+                "rpl_semi_sync_slave_enabled",
+            ],
+        )
+        .is_some_and(|v| flag(&v)),
+        master_active: lookup(
+            status,
+            &["Rpl_semi_sync_source_status", "Rpl_semi_sync_master_status"],
+        )
+        .is_some_and(|v| flag(&v)),
+        master_clients: lookup(
+            status,
+            &[
+                "Rpl_semi_sync_source_clients",
+                "Rpl_semi_sync_master_clients",
+            ],
+        )
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0),
+    }
+}
+
+/// Folds a driver error onto one line and drops the repeated prefixes it nests
+/// ("Input/output error: Input/output error: Connection refused").
+fn one_line(s: &str) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut parts: Vec<&str> = Vec::new();
+    for part in flat.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> RowMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn mariadb_slave_status_parses() {
+        let r = row(&[
+            ("Master_Host", Some("127.0.3.1")),
+            ("Master_Port", Some("3306")),
+            ("Slave_IO_Running", Some("Yes")),
+            ("Slave_SQL_Running", Some("No")),
+            ("Last_IO_Errno", Some("0")),
+            ("Last_IO_Error", Some("")),
+            ("Last_SQL_Errno", Some("1062")),
+            ("Last_SQL_Error", Some("Duplicate entry")),
+            ("Seconds_Behind_Master", None),
+            ("Using_Gtid", Some("Slave_Pos")),
+            ("Gtid_IO_Pos", Some("0-1-42")),
+        ]);
+        let s = parse_replica_status(&r).unwrap();
+        assert_eq!(s.source, InstanceKey::new("127.0.3.1", 3306));
+        assert_eq!(s.io_thread, ThreadState::Running);
+        assert_eq!(s.sql_thread, ThreadState::Stopped);
+        assert_eq!(s.last_sql_errno, 1062);
+        assert_eq!(s.seconds_behind, None);
+        assert_eq!(s.gtid_mode, "Slave_Pos");
+        assert_eq!(s.received.to_string(), "0-1-42");
+        assert!(!s.is_replicating());
+    }
+
+    #[test]
+    fn mysql_replica_status_parses() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let r = row(&[
+            ("Source_Host", Some("10.0.0.5")),
+            ("Source_Port", Some("3306")),
+            ("Replica_IO_Running", Some("Connecting")),
+            ("Replica_SQL_Running", Some("Yes")),
+            ("Last_IO_Errno", Some("2003")),
+            ("Last_IO_Error", Some("error connecting to source")),
+            ("Seconds_Behind_Source", Some("7")),
+            ("Auto_Position", Some("1")),
+            ("Retrieved_Gtid_Set", Some(&format!("{uuid}:1-10"))),
+        ]);
+        let s = parse_replica_status(&r).unwrap();
+        assert_eq!(s.io_thread, ThreadState::Connecting);
+        assert_eq!(s.last_io_errno, 2003);
+        assert_eq!(s.seconds_behind, Some(7));
+        assert_eq!(s.gtid_mode, "auto_position");
+        assert_eq!(s.received.transaction_count(), 10);
+    }
+
+    #[test]
+    fn replica_status_without_host_is_an_error() {
+        let e = parse_replica_status(&row(&[("Slave_IO_Running", Some("Yes"))])).unwrap_err();
+        assert!(e.to_string().contains("Source_Host"), "{e}");
+    }
+
+    #[test]
+    fn replica_hosts_and_processlist_fallback() {
+        let rows = vec![
+            row(&[
+                ("Server_id", Some("3")),
+                ("Host", Some("127.0.3.3")),
+                ("Port", Some("3306")),
+            ]),
+            row(&[
+                ("Server_Id", Some("2")),
+                ("Host", Some("127.0.3.2")),
+                ("Port", Some("3306")),
+            ]),
+            row(&[
+                ("Server_id", Some("4")),
+                ("Host", Some("")),
+                ("Port", Some("3306")),
+            ]),
+        ];
+        let keys = parse_replica_hosts(&rows).unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                InstanceKey::new("127.0.3.2", 3306),
+                InstanceKey::new("127.0.3.3", 3306)
+            ]
+        );
+        let dumps = vec![
+            row(&[("host", Some("10.1.1.1:51234"))]),
+            row(&[("host", Some("10.1.1.1:5"))]),
+        ];
+        assert_eq!(
+            parse_binlog_dump_clients(&dumps, 3306),
+            vec![InstanceKey::new("10.1.1.1", 3306)]
+        );
+    }
+
+    #[test]
+    fn semi_sync_in_both_namings() {
+        let vars = |a: &str, b: &str, on: &str| {
+            vec![
+                row(&[("Variable_name", Some(a)), ("Value", Some(on))]),
+                row(&[("Variable_name", Some(b)), ("Value", Some("OFF"))]),
+            ]
+        };
+        let status = vec![
+            row(&[
+                ("Variable_name", Some("Rpl_semi_sync_master_status")),
+                ("Value", Some("ON")),
+            ]),
+            row(&[
+                ("Variable_name", Some("Rpl_semi_sync_master_clients")),
+                ("Value", Some("2")),
+            ]),
+        ];
+        let s = parse_semi_sync(
+            &vars(
+                "rpl_semi_sync_master_enabled",
+                "rpl_semi_sync_slave_enabled",
+                "ON",
+            ),
+            &status,
+        );
+        assert_eq!(
+            s,
+            SemiSyncStatus {
+                master_enabled: true,
+                replica_enabled: false,
+                master_active: true,
+                master_clients: 2
+            }
+        );
+        let s = parse_semi_sync(
+            &vars(
+                "rpl_semi_sync_source_enabled",
+                "rpl_semi_sync_replica_enabled",
+                "ON",
+            ),
+            &[],
+        );
+        assert!(s.master_enabled && !s.master_active);
+    }
+
+    #[test]
+    fn probe_assembles_for_mysql_and_mariadb() {
+        let identity = row(&[
+            ("server_id", Some("7")),
+            ("version", Some("8.0.36-28")),
+            ("version_comment", Some("Percona Server (GPL)")),
+            ("read_only", Some("1")),
+            ("log_bin", Some("1")),
+        ]);
+        let gtid = row(&[
+            ("server_uuid", Some("3e11fa47-71ca-11e1-9e33-c80aa9429562")),
+            ("super_read_only", Some("1")),
+            (
+                "gtid_executed",
+                Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n"),
+            ),
+        ]);
+        let p = assemble_probe(
+            Flavor::Percona,
+            &identity,
+            &gtid,
+            None,
+            vec![],
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(p.server_id, 7);
+        assert!(p.read_only);
+        assert_eq!(p.super_read_only, Some(true));
+        assert_eq!(p.gtid_executed.transaction_count(), 5);
+        assert!(p.replication.is_none());
+
+        let gtid = row(&[
+            ("server_uuid", None),
+            ("super_read_only", None),
+            ("gtid_executed", Some("0-1-9")),
+        ]);
+        let p = assemble_probe(
+            Flavor::MariaDb,
+            &identity,
+            &gtid,
+            None,
+            vec![],
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(p.server_uuid, None);
+        assert_eq!(p.super_read_only, None);
+        assert_eq!(p.gtid_executed.to_string(), "0-1-9");
+    }
+
+    #[test]
+    fn driver_errors_fold_to_one_line_without_repeats() {
+        assert_eq!(
+            one_line("Input/output error: Input/output error: Connection refused (os error 111)"),
+            "Input/output error: Connection refused (os error 111)"
+        );
+        assert_eq!(one_line("a\n  b: c"), "a b: c");
+    }
+
+    #[test]
+    fn garbage_gtid_is_an_unexpected_output_error() {
+        let identity = row(&[
+            ("server_id", Some("1")),
+            ("version", Some("x")),
+            ("read_only", Some("0")),
+        ]);
+        let gtid = row(&[("gtid_executed", Some("not a gtid"))]);
+        let e = assemble_probe(
+            Flavor::MySql,
+            &identity,
+            &gtid,
+            None,
+            vec![],
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProbeError::Unexpected(_)), "{e}");
+    }
+}

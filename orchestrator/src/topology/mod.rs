@@ -1,0 +1,559 @@
+//! The topology data model: what an instance is, what a probe of it returned, and how
+//! a set of probed instances forms clusters.
+//!
+//! Everything here is plain data and pure functions. The SQL that fills these types
+//! lives in [`crate::mysql`]; the loop that keeps them fresh in [`crate::discovery`].
+
+pub mod gtid;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use gtid::GtidSet;
+
+/// `host:port` of a MySQL server, as replicas and operators name it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceKey {
+    pub host: String,
+    pub port: u16,
+}
+
+impl InstanceKey {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a `host:port` string is not an instance key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid instance `{input}`: {reason}")]
+pub struct InstanceKeyError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for InstanceKey {
+    type Err = InstanceKeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| InstanceKeyError {
+            input: s.to_string(),
+            reason,
+        };
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| err("expected host:port"))?;
+        if host.is_empty() {
+            return Err(err("empty host"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| err("port is not a number 1-65535"))?;
+        if port == 0 {
+            return Err(err("port is not a number 1-65535"));
+        }
+        Ok(InstanceKey::new(host, port))
+    }
+}
+
+impl Serialize for InstanceKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which server family an instance runs; decides the SQL dialect in [`crate::mysql`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    MySql,
+    Percona,
+    MariaDb,
+}
+
+impl Flavor {
+    /// Reads the flavor from `@@version` and `@@version_comment`.
+    pub fn detect(version: &str, version_comment: &str) -> Flavor {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::MariaDb
+        } else if version_comment.to_ascii_lowercase().contains("percona") {
+            Flavor::Percona
+        } else {
+            Flavor::MySql
+        }
+    }
+
+    pub fn is_mariadb(self) -> bool {
+        self == Flavor::MariaDb
+    }
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flavor::MySql => "mysql",
+            Flavor::Percona => "percona",
+            Flavor::MariaDb => "mariadb",
+        })
+    }
+}
+
+/// State of a replication thread as `SHOW REPLICA STATUS` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadState {
+    Running,
+    Connecting,
+    Stopped,
+}
+
+impl ThreadState {
+    /// `Yes` / `Connecting` / `No` (or anything else, taken as stopped).
+    pub fn from_status(value: &str) -> ThreadState {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "yes" => ThreadState::Running,
+            "connecting" | "preparing" => ThreadState::Connecting,
+            _ => ThreadState::Stopped,
+        }
+    }
+}
+
+impl fmt::Display for ThreadState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ThreadState::Running => "running",
+            ThreadState::Connecting => "connecting",
+            ThreadState::Stopped => "stopped",
+        })
+    }
+}
+
+/// One replica's view of its replication channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// The master this replica is configured to replicate from.
+    pub source: InstanceKey,
+    pub io_thread: ThreadState,
+    pub sql_thread: ThreadState,
+    pub last_io_errno: u32,
+    pub last_io_error: String,
+    pub last_sql_errno: u32,
+    pub last_sql_error: String,
+    /// `Seconds_Behind_Master`; `None` when the server reports NULL.
+    pub seconds_behind: Option<u64>,
+    /// MariaDB `Using_Gtid` (`Slave_Pos`, `Current_Pos`, `No`) or MySQL `Auto_Position`
+    /// (`auto_position` / `No`).
+    pub gtid_mode: String,
+    /// GTIDs the IO thread has received (MySQL `Retrieved_Gtid_Set`, MariaDB `Gtid_IO_Pos`).
+    pub received: GtidSet,
+}
+
+impl ReplicationStatus {
+    pub fn is_replicating(&self) -> bool {
+        self.io_thread == ThreadState::Running && self.sql_thread == ThreadState::Running
+    }
+}
+
+/// Semi-synchronous replication settings and state of one server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemiSyncStatus {
+    pub master_enabled: bool,
+    pub replica_enabled: bool,
+    /// The master is currently waiting for replica acknowledgements (status ON).
+    pub master_active: bool,
+    pub master_clients: u32,
+}
+
+/// What one successful probe of an instance returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceProbe {
+    pub server_id: u32,
+    /// `@@server_uuid`; MariaDB has none.
+    pub server_uuid: Option<String>,
+    pub version: String,
+    pub flavor: Flavor,
+    pub read_only: bool,
+    /// `@@super_read_only` on MySQL; MariaDB has none.
+    pub super_read_only: Option<bool>,
+    pub log_bin: bool,
+    /// Every transaction this server has executed (`@@gtid_executed`, MariaDB
+    /// `@@gtid_current_pos`).
+    pub gtid_executed: GtidSet,
+    /// `None` when the server is not configured as a replica.
+    pub replication: Option<ReplicationStatus>,
+    /// Replicas currently connected to this server (from `SHOW REPLICAS` /
+    /// `SHOW SLAVE HOSTS`, or the processlist when they set no `report_host`).
+    pub replicas: Vec<InstanceKey>,
+    pub semi_sync: SemiSyncStatus,
+}
+
+impl InstanceProbe {
+    /// Everything this server has, executed or merely received into its relay log.
+    pub fn gtid_received_or_executed(&self) -> GtidSet {
+        match &self.replication {
+            Some(r) => self.gtid_executed.union(&r.received),
+            None => self.gtid_executed.clone(),
+        }
+    }
+}
+
+/// The discovery loop's record of one instance: the last probe outcome and the last
+/// successful probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub key: InstanceKey,
+    /// The last probe succeeded.
+    pub reachable: bool,
+    /// Why the last probe failed, when it did.
+    pub last_error: Option<String>,
+    /// The last successful probe (kept while the instance is unreachable, so the
+    /// topology it belonged to stays visible).
+    pub last_probe: Option<InstanceProbe>,
+    pub last_checked_unix_ms: i64,
+    pub last_seen_unix_ms: Option<i64>,
+    pub probe_latency_ms: f64,
+    pub consecutive_failures: u32,
+}
+
+impl InstanceState {
+    pub fn new(key: InstanceKey) -> Self {
+        Self {
+            key,
+            reachable: false,
+            last_error: None,
+            last_probe: None,
+            last_checked_unix_ms: 0,
+            last_seen_unix_ms: None,
+            probe_latency_ms: 0.0,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// The master this instance replicates from, per its last successful probe.
+    pub fn source(&self) -> Option<&InstanceKey> {
+        self.last_probe
+            .as_ref()
+            .and_then(|p| p.replication.as_ref())
+            .map(|r| &r.source)
+    }
+}
+
+/// An instance's place in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The root of the replication tree.
+    Master,
+    /// Replicates from another instance of the cluster.
+    Replica,
+    /// Never probed successfully, so its place is not known.
+    Unknown,
+}
+
+/// One instance as shown inside a cluster snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInstance {
+    pub role: Role,
+    #[serde(flatten)]
+    pub state: InstanceState,
+}
+
+/// A cluster as this peer sees it at one moment: the master and everything that
+/// replicates from it, directly or through intermediate masters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSnapshot {
+    /// Operator-given name, or the master's `host:port`.
+    pub alias: String,
+    /// The root of the replication tree.
+    pub master: InstanceKey,
+    pub instances: Vec<ClusterInstance>,
+    pub taken_unix_ms: i64,
+}
+
+impl ClusterSnapshot {
+    pub fn instance(&self, key: &InstanceKey) -> Option<&ClusterInstance> {
+        self.instances.iter().find(|i| &i.state.key == key)
+    }
+
+    pub fn reachable_count(&self) -> usize {
+        self.instances.iter().filter(|i| i.state.reachable).count()
+    }
+}
+
+/// Groups instances into clusters by following each one's replication source up to a
+/// root. A root is an instance that replicates from nobody, one whose source is not
+/// known to discovery, or the smallest key of a replication cycle (co-masters).
+///
+/// `aliases` maps an alias to seed keys: a cluster holding any seed of an alias takes
+/// that alias; otherwise its alias is the master's key. Output is sorted by alias.
+pub fn build_clusters(
+    instances: &BTreeMap<InstanceKey, InstanceState>,
+    aliases: &[(String, Vec<InstanceKey>)],
+    taken_unix_ms: i64,
+) -> Vec<ClusterSnapshot> {
+    let mut members: BTreeMap<InstanceKey, Vec<InstanceKey>> = BTreeMap::new();
+    for key in instances.keys() {
+        members
+            .entry(root_of(key, instances))
+            .or_default()
+            .push(key.clone());
+    }
+    let mut clusters: Vec<ClusterSnapshot> = members
+        .into_iter()
+        .map(|(root, keys)| {
+            let alias = aliases
+                .iter()
+                .find(|(_, seeds)| seeds.iter().any(|s| keys.contains(s)))
+                .map(|(alias, _)| alias.clone())
+                .unwrap_or_else(|| root.to_string());
+            let instances = keys
+                .iter()
+                .map(|k| {
+                    let state = instances[k].clone();
+                    let role = if k == &root {
+                        Role::Master
+                    } else if state.last_probe.is_none() {
+                        Role::Unknown
+                    } else {
+                        Role::Replica
+                    };
+                    ClusterInstance { role, state }
+                })
+                .collect();
+            ClusterSnapshot {
+                alias,
+                master: root,
+                instances,
+                taken_unix_ms,
+            }
+        })
+        .collect();
+    clusters.sort_by(|a, b| a.alias.cmp(&b.alias));
+    clusters
+}
+
+fn root_of(key: &InstanceKey, instances: &BTreeMap<InstanceKey, InstanceState>) -> InstanceKey {
+    let mut path: Vec<&InstanceKey> = vec![key];
+    let mut seen: BTreeSet<&InstanceKey> = BTreeSet::from([key]);
+    let mut current = key;
+    loop {
+        let next = instances
+            .get(current)
+            .and_then(InstanceState::source)
+            .filter(|s| instances.contains_key(*s));
+        match next {
+            None => return current.clone(),
+            Some(next) if seen.contains(next) => {
+                // A cycle: every member of it is equally a master; pick the smallest.
+                let start = path.iter().position(|k| *k == next).unwrap_or(0);
+                return path[start..]
+                    .iter()
+                    .min()
+                    .map(|k| (*k).clone())
+                    .unwrap_or_else(|| next.clone());
+            }
+            Some(next) => {
+                seen.insert(next);
+                path.push(next);
+                current = next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> InstanceKey {
+        s.parse().unwrap()
+    }
+
+    fn probed(k: &str, source: Option<&str>) -> InstanceState {
+        let mut st = InstanceState::new(key(k));
+        st.reachable = true;
+        st.last_probe = Some(InstanceProbe {
+            server_id: 1,
+            server_uuid: None,
+            version: "10.11.19-MariaDB".into(),
+            flavor: Flavor::MariaDb,
+            read_only: source.is_some(),
+            super_read_only: None,
+            log_bin: true,
+            gtid_executed: GtidSet::new(),
+            replication: source.map(|s| ReplicationStatus {
+                source: key(s),
+                io_thread: ThreadState::Running,
+                sql_thread: ThreadState::Running,
+                last_io_errno: 0,
+                last_io_error: String::new(),
+                last_sql_errno: 0,
+                last_sql_error: String::new(),
+                seconds_behind: Some(0),
+                gtid_mode: "Slave_Pos".into(),
+                received: GtidSet::new(),
+            }),
+            replicas: vec![],
+            semi_sync: SemiSyncStatus::default(),
+        });
+        st
+    }
+
+    fn map(states: Vec<InstanceState>) -> BTreeMap<InstanceKey, InstanceState> {
+        states.into_iter().map(|s| (s.key.clone(), s)).collect()
+    }
+
+    /// (alias, master, [(instance, role)]) per cluster.
+    type Shape = (String, String, Vec<(String, Role)>);
+
+    fn shape(clusters: &[ClusterSnapshot]) -> Vec<Shape> {
+        clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.alias.clone(),
+                    c.master.to_string(),
+                    c.instances
+                        .iter()
+                        .map(|i| (i.state.key.to_string(), i.role))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn instance_key_parses_and_rejects() {
+        assert_eq!(key("10.0.0.1:3306"), InstanceKey::new("10.0.0.1", 3306));
+        assert_eq!(key("db-1.internal:3307").port, 3307);
+        for bad in ["nohost", ":3306", "h:0", "h:99999", "h:x"] {
+            let err = bad.parse::<InstanceKey>().unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn flavor_detection() {
+        assert_eq!(
+            Flavor::detect("10.11.19-MariaDB-0+deb12u1", "Debian 12"),
+            Flavor::MariaDb
+        );
+        assert_eq!(
+            Flavor::detect("8.0.36-28", "Percona Server (GPL), Release 28"),
+            Flavor::Percona
+        );
+        assert_eq!(
+            Flavor::detect("8.4.2", "MySQL Community Server - GPL"),
+            Flavor::MySql
+        );
+    }
+
+    #[test]
+    fn thread_states() {
+        assert_eq!(ThreadState::from_status("Yes"), ThreadState::Running);
+        assert_eq!(
+            ThreadState::from_status("Connecting"),
+            ThreadState::Connecting
+        );
+        assert_eq!(ThreadState::from_status("No"), ThreadState::Stopped);
+        assert_eq!(ThreadState::from_status(""), ThreadState::Stopped);
+    }
+
+    #[test]
+    fn one_master_two_replicas_form_one_cluster() {
+        let states = map(vec![
+            probed("a:3306", None),
+            probed("b:3306", Some("a:3306")),
+            probed("c:3306", Some("a:3306")),
+        ]);
+        let clusters = build_clusters(&states, &[], 7);
+        assert_eq!(
+            shape(&clusters),
+            vec![(
+                "a:3306".into(),
+                "a:3306".into(),
+                vec![
+                    ("a:3306".into(), Role::Master),
+                    ("b:3306".into(), Role::Replica),
+                    ("c:3306".into(), Role::Replica)
+                ]
+            )]
+        );
+        assert_eq!(clusters[0].taken_unix_ms, 7);
+    }
+
+    #[test]
+    fn chained_replica_belongs_to_the_root_cluster_and_alias_follows_any_seed() {
+        let states = map(vec![
+            probed("a:1", None),
+            probed("b:1", Some("a:1")),
+            probed("c:1", Some("b:1")),
+            probed("x:1", None),
+        ]);
+        let aliases = vec![("main".to_string(), vec![key("c:1")])];
+        let clusters = build_clusters(&states, &aliases, 0);
+        assert_eq!(clusters.len(), 2);
+        assert_eq!(clusters[0].alias, "main");
+        assert_eq!(clusters[0].master, key("a:1"));
+        assert_eq!(clusters[0].instances.len(), 3);
+        assert_eq!(clusters[1].alias, "x:1");
+    }
+
+    #[test]
+    fn unreachable_master_keeps_its_cluster_together() {
+        let mut master = probed("a:1", None);
+        master.reachable = false;
+        master.last_error = Some("connection refused".into());
+        let states = map(vec![master, probed("b:1", Some("a:1"))]);
+        let clusters = build_clusters(&states, &[], 0);
+        assert_eq!(clusters.len(), 1);
+        assert_eq!(clusters[0].master, key("a:1"));
+        assert_eq!(clusters[0].reachable_count(), 1);
+    }
+
+    #[test]
+    fn never_probed_instance_is_its_own_cluster_with_unknown_role_unless_referenced() {
+        // A replica whose master was never probed: the master is root (referenced and known).
+        let states = map(vec![
+            InstanceState::new(key("a:1")),
+            probed("b:1", Some("a:1")),
+        ]);
+        let clusters = build_clusters(&states, &[], 0);
+        assert_eq!(clusters.len(), 1);
+        assert_eq!(clusters[0].instances[0].role, Role::Master);
+        // A replica whose master discovery does not know: the replica is the root.
+        let states = map(vec![probed("b:1", Some("gone:1"))]);
+        assert_eq!(build_clusters(&states, &[], 0)[0].master, key("b:1"));
+    }
+
+    #[test]
+    fn co_masters_pick_the_smallest_key() {
+        let states = map(vec![
+            probed("b:1", Some("a:1")),
+            probed("a:1", Some("b:1")),
+            probed("c:1", Some("b:1")),
+        ]);
+        let clusters = build_clusters(&states, &[], 0);
+        assert_eq!(clusters.len(), 1);
+        assert_eq!(clusters[0].master, key("a:1"));
+    }
+}

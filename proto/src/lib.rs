@@ -1,0 +1,11 @@
+//! Generated gRPC types and services shared by the orchestrator daemon and `orchctl`.
+//!
+//! The `.proto` source is `proto/orchestrator.proto`; this crate only includes what
+//! `build.rs` generates from it.
+
+#![allow(clippy::all, missing_docs)]
+
+/// Package `orchestrator.v1`.
+pub mod v1 {
+    tonic::include_proto!("orchestrator.v1");
+}

@@ -1,0 +1,156 @@
+//! Renders the `my.cnf` of one cluster node, per flavor (DESIGN.md section 7).
+//!
+//! Every node is configured alike, ready to be master or replica: GTID replication,
+//! ROW binlogs, `log_slave_updates`, short replica timeouts so a dead master is noticed
+//! in seconds, and `read_only` unless it starts as the master.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+/// Which server family the file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerFlavor {
+    /// MariaDB 10.11 (domain-server-seq GTIDs).
+    Mariadb,
+    /// MySQL 8.0/8.4 or Percona Server 8.0 (uuid GTIDs).
+    Mysql,
+}
+
+/// One node's server settings.
+#[derive(Debug, Clone)]
+pub struct MysqlServerConfig {
+    pub flavor: ServerFlavor,
+    pub server_id: u32,
+    pub bind_address: String,
+    pub port: u16,
+    /// What replicas report to their master (`SHOW SLAVE HOSTS`); the node's address.
+    pub report_host: String,
+    pub datadir: PathBuf,
+    /// Socket, pid file and error log go here.
+    pub run_dir: PathBuf,
+    /// Start read-only (every node but the initial master).
+    pub read_only: bool,
+    /// Seconds without data before a replica's IO thread reconnects.
+    pub replica_net_timeout_s: u32,
+    pub innodb_buffer_pool_mb: u32,
+    /// Run the server as this OS user (`root` in the test bed).
+    pub os_user: Option<String>,
+}
+
+impl MysqlServerConfig {
+    /// Settings for a small test or sandbox node.
+    pub fn small(
+        flavor: ServerFlavor,
+        server_id: u32,
+        address: &str,
+        port: u16,
+        base: PathBuf,
+    ) -> Self {
+        Self {
+            flavor,
+            server_id,
+            bind_address: address.to_string(),
+            port,
+            report_host: address.to_string(),
+            datadir: base.join("data"),
+            run_dir: base.join("run"),
+            read_only: true,
+            replica_net_timeout_s: 4,
+            innodb_buffer_pool_mb: 32,
+            os_user: None,
+        }
+    }
+}
+
+/// The `my.cnf` text.
+pub fn render(c: &MysqlServerConfig) -> String {
+    let mut s = String::new();
+    let run = &c.run_dir;
+    let mut line = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(s, "{k} = {v}");
+    };
+    line("datadir", &c.datadir.display());
+    line("socket", &run.join("mysqld.sock").display());
+    line("pid-file", &run.join("mysqld.pid").display());
+    line("log-error", &run.join("error.log").display());
+    line("bind-address", &c.bind_address);
+    line("port", &c.port);
+    line("server-id", &c.server_id);
+    line("report-host", &c.report_host);
+    line("report-port", &c.port);
+    line("log-bin", &"binlog");
+    line("binlog-format", &"ROW");
+    line("log-slave-updates", &"ON");
+    line("skip-name-resolve", &"ON");
+    line("read-only", &if c.read_only { "ON" } else { "OFF" });
+    line("slave-net-timeout", &c.replica_net_timeout_s);
+    line(
+        "innodb-buffer-pool-size",
+        &format!("{}M", c.innodb_buffer_pool_mb),
+    );
+    line("max-connections", &200);
+    if let Some(user) = &c.os_user {
+        line("user", user);
+    }
+    match c.flavor {
+        ServerFlavor::Mariadb => {
+            line("gtid-strict-mode", &"ON");
+            line("gtid-domain-id", &0);
+            line("innodb-log-file-size", &"16M");
+        }
+        ServerFlavor::Mysql => {
+            line("gtid-mode", &"ON");
+            line("enforce-gtid-consistency", &"ON");
+            line("super-read-only", &if c.read_only { "ON" } else { "OFF" });
+            line("replica-preserve-commit-order", &"ON");
+        }
+    }
+    format!("[mysqld]\n{s}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadb_config_has_gtid_and_replication_settings() {
+        let mut c = MysqlServerConfig::small(
+            ServerFlavor::Mariadb,
+            7,
+            "127.0.9.1",
+            3306,
+            "/tmp/n1".into(),
+        );
+        c.os_user = Some("root".into());
+        let text = render(&c);
+        for needle in [
+            "[mysqld]\n",
+            "server-id = 7\n",
+            "bind-address = 127.0.9.1\n",
+            "report-host = 127.0.9.1\n",
+            "gtid-strict-mode = ON\n",
+            "log-slave-updates = ON\n",
+            "binlog-format = ROW\n",
+            "read-only = ON\n",
+            "datadir = /tmp/n1/data\n",
+            "socket = /tmp/n1/run/mysqld.sock\n",
+            "user = root\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("gtid-mode"));
+    }
+
+    #[test]
+    fn mysql_config_uses_gtid_mode_and_super_read_only() {
+        let mut c = MysqlServerConfig::small(ServerFlavor::Mysql, 1, "10.0.0.1", 3306, "/d".into());
+        c.read_only = false;
+        let text = render(&c);
+        assert!(text.contains("gtid-mode = ON\n"));
+        assert!(text.contains("enforce-gtid-consistency = ON\n"));
+        assert!(text.contains("super-read-only = OFF\n"));
+        assert!(text.contains("read-only = OFF\n"));
+        assert!(!text.contains("gtid-strict-mode"));
+    }
+}

@@ -1,0 +1,84 @@
+//! The test bed: real `mariadbd` servers and our own binaries, each simulated host on
+//! its own loopback address (127.X.Y.n) with the production ports, torn down when the
+//! test ends however it ends.
+//!
+//! - [`hosts`] reserves address blocks across processes;
+//! - [`process`] owns child processes and their cleanup;
+//! - [`mariadb`] builds GTID replication topologies;
+//! - [`peer`] runs orchestrator peers and talks to their API;
+//! - [`TestBed`] puts the three together for one test.
+
+pub mod hosts;
+pub mod mariadb;
+pub mod peer;
+pub mod process;
+
+use std::path::PathBuf;
+
+use hosts::HostBlock;
+use mariadb::MariaDbCluster;
+use peer::{Peer, PeerGroupSpec};
+use process::Lifetime;
+
+/// A database host + peer per address, for one test.
+pub struct TestBed {
+    pub peers: Vec<Peer>,
+    pub cluster: MariaDbCluster,
+    pub hosts: HostBlock,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBed {
+    /// `n` hosts, each with a `mariadbd` (host 1 the master) and an orchestrator peer
+    /// discovering cluster `alias` from the master.
+    pub async fn start(n: u8, alias: &str) -> anyhow::Result<TestBed> {
+        Self::start_with(n, alias, |_| {}).await
+    }
+
+    /// As [`TestBed::start`], with the peer settings adjusted by `tune`.
+    pub async fn start_with(
+        n: u8,
+        alias: &str,
+        tune: impl FnOnce(&mut PeerGroupSpec),
+    ) -> anyhow::Result<TestBed> {
+        let hosts = HostBlock::reserve(n)?;
+        let dir = tempfile::Builder::new().prefix("orch-test-").tempdir()?;
+        let addrs = hosts.hosts();
+        let cluster =
+            MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
+        tune(&mut spec);
+        let peers =
+            peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        Ok(TestBed {
+            peers,
+            cluster,
+            hosts,
+            dir,
+        })
+    }
+
+    /// Where the test's files live (kept with `ORCH_KEEP_TEST_DIR=1`).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        for p in &mut self.peers {
+            p.kill();
+        }
+        for s in &mut self.cluster.servers {
+            s.kill();
+        }
+        if std::env::var_os("ORCH_KEEP_TEST_DIR").is_some() {
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("test files kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}

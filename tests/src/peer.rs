@@ -1,0 +1,277 @@
+//! Orchestrator peer processes, one co-located with each simulated database host, and
+//! a small client for their HTTP API.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::mariadb::{ORCH_PASSWORD, ORCH_USER};
+use crate::process::{Lifetime, ManagedChild};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of one of our binaries, built once per test process (`cargo build` is a no-op
+/// when up to date). Set `ORCH_SKIP_BUILD=1` to use what is there.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let built = BUILT.get_or_init(|| {
+        if std::env::var_os("ORCH_SKIP_BUILD").is_some() {
+            return Ok(());
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--bin",
+                "orchestrator",
+                "--bin",
+                "orchctl",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "cargo build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = built {
+        bail!("{e}");
+    }
+    let path = target.join("debug").join(name);
+    if !path.is_file() {
+        bail!("binary {} not found (run `cargo build`)", path.display());
+    }
+    Ok(path)
+}
+
+/// Settings shared by every peer of a group.
+#[derive(Debug, Clone)]
+pub struct PeerGroupSpec {
+    pub cluster_alias: String,
+    pub seeds: Vec<String>,
+    pub probe_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+}
+
+impl PeerGroupSpec {
+    pub fn new(alias: &str, seeds: Vec<String>) -> Self {
+        Self {
+            cluster_alias: alias.to_string(),
+            seeds,
+            probe_interval_ms: 1000,
+            connect_timeout_ms: 500,
+            read_timeout_ms: 800,
+        }
+    }
+}
+
+/// One running `orchestrator`.
+pub struct Peer {
+    pub id: u64,
+    pub host: String,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    process: Option<ManagedChild>,
+}
+
+impl Peer {
+    pub fn http_address(&self) -> String {
+        format!("{}:3000", self.host)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:3000{path}", self.host)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn detach(&mut self) -> Option<u32> {
+        self.process.take().map(ManagedChild::detach)
+    }
+
+    /// The peer's log so far (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Renders the TOML config of peer `id` of a group on `hosts`.
+pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &Path) -> String {
+    let mut s = format!(
+        "node_id = {id}\nhttp_listen = \"{host}:3000\"\nraft_listen = \"{host}:10008\"\ndata_dir = \"{}\"\n\n",
+        data_dir.display(),
+        host = hosts[id as usize - 1]
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        s += &format!(
+            "[[peers]]\nid = {}\nhttp = \"{h}:3000\"\nraft = \"{h}:10008\"\n\n",
+            i + 1
+        );
+    }
+    s += &format!("[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\n");
+    s += &format!(
+        "[discovery]\nprobe_interval_ms = {}\nconnect_timeout_ms = {}\nread_timeout_ms = {}\n\n",
+        spec.probe_interval_ms, spec.connect_timeout_ms, spec.read_timeout_ms
+    );
+    let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    s += &format!(
+        "[[clusters]]\nalias = \"{}\"\nseeds = [{}]\n",
+        spec.cluster_alias,
+        seeds.join(", ")
+    );
+    s
+}
+
+/// Starts one peer per host and waits until each answers `/api/health`.
+pub async fn start_peers(
+    hosts: &[String],
+    spec: &PeerGroupSpec,
+    dir: &Path,
+    state_dir: &Path,
+    lifetime: Lifetime,
+) -> anyhow::Result<Vec<Peer>> {
+    let bin = binary("orchestrator")?;
+    let mut peers = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let id = i as u64 + 1;
+        let base = dir.join(format!("peer-{host}"));
+        std::fs::create_dir_all(&base)?;
+        let config_path = base.join("orchestrator.toml");
+        std::fs::write(
+            &config_path,
+            peer_config(id, hosts, spec, &base.join("data")),
+        )?;
+        let log_path = base.join("orchestrator.log");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(&config_path);
+        cmd.env(
+            "ORCH_LOG",
+            std::env::var("ORCH_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let process = ManagedChild::spawn(
+            &format!("orchestrator {host}"),
+            cmd,
+            &log_path,
+            state_dir,
+            lifetime,
+        )?;
+        peers.push(Peer {
+            id,
+            host: host.clone(),
+            config_path,
+            log_path,
+            process: Some(process),
+        });
+    }
+    let client = http_client();
+    for p in &peers {
+        wait_until(Duration::from_secs(20), || async {
+            client
+                .get(p.url("/api/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "peer {} never answered /api/health:\n{}",
+                p.host,
+                p.log_tail(20)
+            )
+        })?;
+    }
+    Ok(peers)
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+/// GET a JSON document; non-2xx is an error carrying the body.
+pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = http_client()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: body is not JSON"))?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Polls `check` every 50 ms until it is true; errors after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `GET url` every 50 ms until `accept` holds for the JSON answer. Returns it and
+/// how long it took; on timeout, the last answer seen (or `null`) as the error.
+pub async fn poll_json(
+    url: &str,
+    timeout: Duration,
+    mut accept: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<(serde_json::Value, Duration), serde_json::Value> {
+    let started = Instant::now();
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(v) = get_json(url).await {
+            if accept(&v) {
+                return Ok((v, started.elapsed()));
+            }
+            last = v;
+        }
+        if started.elapsed() > timeout {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
