@@ -1,1 +1,200 @@
-fn main() {}
+//! `sandbox`: the local sandbox behind `deploy/sandbox`. Three simulated hosts on
+//! 127.0.1.1-3, each with a `mariadbd` (127.0.1.1 the master) and an orchestrator peer
+//! on the production ports, left running in the background until `sandbox down`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use orch_tests::hosts::HostBlock;
+use orch_tests::mariadb::MariaDbCluster;
+use orch_tests::peer::{self, get_json, poll_json, workspace_root, PeerGroupSpec};
+use orch_tests::process::{kill_recorded, Lifetime};
+use serde::{Deserialize, Serialize};
+
+const PREFIX: [u8; 2] = [0, 1];
+const HOSTS: u8 = 3;
+const ALIAS: &str = "sandbox";
+
+#[derive(Parser, Debug)]
+#[command(about = "Local sandbox: 3 MariaDB servers and 3 orchestrator peers on loopback")]
+struct Args {
+    /// Where the sandbox keeps its data and logs.
+    #[arg(long, env = "ORCH_SANDBOX_DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start everything and wait until the topology is discovered.
+    Up,
+    /// Show processes, URLs and the topology as the peers see it.
+    Status,
+    /// Stop everything and delete the sandbox's data.
+    Down,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct SandboxState {
+    hosts: Vec<String>,
+    mariadbd_pids: Vec<u32>,
+    peer_pids: Vec<u32>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn read_state(dir: &Path) -> Option<SandboxState> {
+    let text = std::fs::read_to_string(state_path(dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie counts as dead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .unwrap_or(false)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    let dir = args.dir.unwrap_or_else(|| workspace_root().join(".sandbox"));
+    let result = match args.command {
+        Cmd::Up => up(&dir).await,
+        Cmd::Status => status(&dir).await,
+        Cmd::Down => down(&dir),
+    };
+    if let Err(e) = result {
+        eprintln!("sandbox: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn up(dir: &Path) -> anyhow::Result<()> {
+    if let Some(state) = read_state(dir) {
+        if state.mariadbd_pids.iter().chain(&state.peer_pids).any(|p| alive(*p)) {
+            println!("sandbox is already up ({}).", dir.display());
+            return status(dir).await;
+        }
+        down(dir)?;
+    }
+    let block = HostBlock::reserve_fixed(PREFIX, HOSTS)?;
+    let hosts = block.hosts();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
+    let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached)
+        .await
+        .context("starting MariaDB")?;
+    println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
+    println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
+    let spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
+    let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached)
+        .await
+        .context("starting orchestrator peers")?;
+    let state = SandboxState {
+        hosts: hosts.clone(),
+        mariadbd_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
+        peer_pids: peers.iter_mut().filter_map(|p| p.detach()).collect(),
+    };
+    std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
+
+    let url = format!("http://{}:3000/api/cluster/{ALIAS}", hosts[0]);
+    let discovered = |c: &serde_json::Value| {
+        c["instances"].as_array().is_some_and(|i| {
+            i.len() == hosts.len() && i.iter().all(|i| i["reachable"] == true)
+        })
+    };
+    match poll_json(&url, Duration::from_secs(20), discovered).await {
+        Ok((_, took)) => println!("topology discovered in {:.1} s\n", took.as_secs_f64()),
+        Err(last) => bail!("peers did not discover the topology within 20 s; last answer: {last}"),
+    }
+    status(dir).await
+}
+
+async fn status(dir: &Path) -> anyhow::Result<()> {
+    let Some(state) = read_state(dir) else {
+        println!("sandbox is down (no {}).", state_path(dir).display());
+        return Ok(());
+    };
+    println!("{:<12} {:<22} {:<22}", "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000");
+    for (i, host) in state.hosts.iter().enumerate() {
+        let show = |pid: Option<&u32>| match pid {
+            Some(p) if alive(*p) => format!("running (pid {p})"),
+            Some(p) => format!("DOWN (was pid {p})"),
+            None => "-".into(),
+        };
+        println!(
+            "{host:<12} {:<22} {:<22}",
+            show(state.mariadbd_pids.get(i)),
+            show(state.peer_pids.get(i))
+        );
+    }
+    println!();
+    println!("web UI:        http://{}:3000/", state.hosts[0]);
+    println!("clusters:      curl http://{}:3000/api/clusters", state.hosts[0]);
+    println!("topology:      curl http://{}:3000/api/cluster/{ALIAS}", state.hosts[0]);
+    println!("metrics:       curl http://{}:3000/metrics", state.hosts[0]);
+    println!("mysql:         mariadb -h {} -u app -papp-pass app", state.hosts[0]);
+    println!("logs and data: {}", dir.display());
+    println!();
+    let live_peer = state
+        .hosts
+        .iter()
+        .zip(&state.peer_pids)
+        .find(|(_, pid)| alive(**pid))
+        .map(|(h, _)| h.clone());
+    let Some(host) = live_peer else {
+        println!("no orchestrator peer is running.");
+        return Ok(());
+    };
+    let ctl = peer::binary("orchctl")?;
+    let out = Command::new(ctl)
+        .args(["--addr", &format!("{host}:3000"), "topology", ALIAS])
+        .output()
+        .context("cannot run orchctl")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let clusters = get_json(&format!("http://{host}:3000/api/clusters")).await?;
+        println!("clusters known to {host}: {clusters}");
+    }
+    Ok(())
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let state = read_state(dir);
+    if let Some(state) = &state {
+        let pids: Vec<u32> = state.peer_pids.iter().chain(&state.mariadbd_pids).copied().collect();
+        for pid in &pids {
+            // SAFETY: plain kill(2) on processes this sandbox started.
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while pids.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in pids.iter().filter(|p| alive(**p)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+    kill_recorded(
+        &orch_tests::hosts::testbed_root()
+            .join("blocks")
+            .join(format!("127.{}.{}", PREFIX[0], PREFIX[1])),
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    println!(
+        "sandbox is down{}.",
+        if state.is_some() { "; data removed" } else { " (nothing was running)" }
+    );
+    Ok(())
+}

@@ -1,0 +1,30 @@
+# Installs what building and testing need when it is missing. Sourced by deploy/sandbox
+# and .ci/run; safe to run again (it only installs what is absent).
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# mariadb-server: the live database of tests and sandbox; clang, lld, libclang-dev:
+# the linker setup in .cargo/config.toml and RocksDB's build; nftables and iproute2:
+# network fault injection in tests.
+ensure_system_packages() {
+  apt_install mariadb-server mariadb-client clang lld libclang-dev nftables iproute2 ca-certificates
+}
+
+# rustfmt and clippy for the checks that run before the tests.
+ensure_rust_components() {
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  fi
+}
