@@ -29,6 +29,9 @@ pub struct MysqlServerConfig {
     pub datadir: PathBuf,
     /// Socket, pid file and error log go here.
     pub run_dir: PathBuf,
+    /// The server's own temporary directory. Servers sharing one (`/tmp`) collide on
+    /// temporary table names: seen with parallel `mariadb-install-db` runs here.
+    pub tmp_dir: PathBuf,
     /// Start read-only (every node but the initial master).
     pub read_only: bool,
     /// Seconds without data before a replica's IO thread reconnects.
@@ -55,6 +58,7 @@ impl MysqlServerConfig {
             report_host: address.to_string(),
             datadir: base.join("data"),
             run_dir: base.join("run"),
+            tmp_dir: base.join("tmp"),
             read_only: true,
             replica_net_timeout_s: 4,
             innodb_buffer_pool_mb: 32,
@@ -74,6 +78,7 @@ pub fn render(c: &MysqlServerConfig) -> String {
     line("socket", &run.join("mysqld.sock").display());
     line("pid-file", &run.join("mysqld.pid").display());
     line("log-error", &run.join("error.log").display());
+    line("tmpdir", &c.tmp_dir.display());
     line("bind-address", &c.bind_address);
     line("port", &c.port);
     line("server-id", &c.server_id);
@@ -136,6 +141,7 @@ mod tests {
             "datadir = /tmp/n1/data\n",
             "socket = /tmp/n1/run/mysqld.sock\n",
             "user = root\n",
+            "tmpdir = /tmp/n1/tmp\n",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

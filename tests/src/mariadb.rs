@@ -68,8 +68,10 @@ impl MariaDbServer {
         cfg.replica_net_timeout_s = 2;
         std::fs::create_dir_all(&cfg.datadir)?;
         std::fs::create_dir_all(&cfg.run_dir)?;
+        std::fs::create_dir_all(&cfg.tmp_dir)?;
         let config_file = base.join("my.cnf");
         std::fs::write(&config_file, render(&cfg))?;
+        let install_log = base.join("install-db.log");
         let out = Command::new(find_program("mariadb-install-db")?)
             .arg(format!("--defaults-file={}", config_file.display()))
             .args([
@@ -79,13 +81,21 @@ impl MariaDbServer {
             ])
             .output()
             .context("cannot run mariadb-install-db")?;
+        let _ = std::fs::write(
+            &install_log,
+            [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+        );
         if !out.status.success() {
+            let error_log =
+                std::fs::read_to_string(cfg.run_dir.join("error.log")).unwrap_or_default();
+            let reason = error_log
+                .lines()
+                .rev()
+                .find(|l| l.contains("ERROR"))
+                .unwrap_or("no ERROR line");
             bail!(
-                "mariadb-install-db failed for {host}: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
+                "mariadb-install-db failed for {host}: {reason} (see {})",
+                install_log.display()
             );
         }
         Ok(MariaDbServer {

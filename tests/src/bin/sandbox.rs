@@ -55,16 +55,19 @@ fn read_state(dir: &Path) -> Option<SandboxState> {
 }
 
 fn alive(pid: u32) -> bool {
-    // A zombie counts as dead.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
-        .unwrap_or(false)
+    // A zombie counts as dead. The state is the first field after the `(comm)` one.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        state.is_some_and(|s| !s.starts_with('Z'))
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let dir = args.dir.unwrap_or_else(|| workspace_root().join(".sandbox"));
+    let dir = args
+        .dir
+        .unwrap_or_else(|| workspace_root().join(".sandbox"));
     let result = match args.command {
         Cmd::Up => up(&dir).await,
         Cmd::Status => status(&dir).await,
@@ -78,7 +81,12 @@ async fn main() {
 
 async fn up(dir: &Path) -> anyhow::Result<()> {
     if let Some(state) = read_state(dir) {
-        if state.mariadbd_pids.iter().chain(&state.peer_pids).any(|p| alive(*p)) {
+        if state
+            .mariadbd_pids
+            .iter()
+            .chain(&state.peer_pids)
+            .any(|p| alive(*p))
+        {
             println!("sandbox is already up ({}).", dir.display());
             return status(dir).await;
         }
@@ -87,11 +95,18 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
     let block = HostBlock::reserve_fixed(PREFIX, HOSTS)?;
     let hosts = block.hosts();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
+    println!(
+        "starting 3 MariaDB servers on {} (port 3306) ...",
+        hosts.join(", ")
+    );
     let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached)
         .await
         .context("starting MariaDB")?;
-    println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
+    println!(
+        "replication: {} is master, {} replicate with GTID",
+        hosts[0],
+        hosts[1..].join(" and ")
+    );
     println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
     let spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
     let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached)
@@ -99,16 +114,20 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         .context("starting orchestrator peers")?;
     let state = SandboxState {
         hosts: hosts.clone(),
-        mariadbd_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
+        mariadbd_pids: cluster
+            .servers
+            .iter_mut()
+            .filter_map(|s| s.detach())
+            .collect(),
         peer_pids: peers.iter_mut().filter_map(|p| p.detach()).collect(),
     };
     std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
 
     let url = format!("http://{}:3000/api/cluster/{ALIAS}", hosts[0]);
     let discovered = |c: &serde_json::Value| {
-        c["instances"].as_array().is_some_and(|i| {
-            i.len() == hosts.len() && i.iter().all(|i| i["reachable"] == true)
-        })
+        c["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == hosts.len() && i.iter().all(|i| i["reachable"] == true))
     };
     match poll_json(&url, Duration::from_secs(20), discovered).await {
         Ok((_, took)) => println!("topology discovered in {:.1} s\n", took.as_secs_f64()),
@@ -122,7 +141,10 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("sandbox is down (no {}).", state_path(dir).display());
         return Ok(());
     };
-    println!("{:<12} {:<22} {:<22}", "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000");
+    println!(
+        "{:<12} {:<22} {:<22}",
+        "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000"
+    );
     for (i, host) in state.hosts.iter().enumerate() {
         let show = |pid: Option<&u32>| match pid {
             Some(p) if alive(*p) => format!("running (pid {p})"),
@@ -137,10 +159,19 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     }
     println!();
     println!("web UI:        http://{}:3000/", state.hosts[0]);
-    println!("clusters:      curl http://{}:3000/api/clusters", state.hosts[0]);
-    println!("topology:      curl http://{}:3000/api/cluster/{ALIAS}", state.hosts[0]);
+    println!(
+        "clusters:      curl http://{}:3000/api/clusters",
+        state.hosts[0]
+    );
+    println!(
+        "topology:      curl http://{}:3000/api/cluster/{ALIAS}",
+        state.hosts[0]
+    );
     println!("metrics:       curl http://{}:3000/metrics", state.hosts[0]);
-    println!("mysql:         mariadb -h {} -u app -papp-pass app", state.hosts[0]);
+    println!(
+        "mysql:         mariadb -h {} -u app -papp-pass app",
+        state.hosts[0]
+    );
     println!("logs and data: {}", dir.display());
     println!();
     let live_peer = state
@@ -170,7 +201,12 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = read_state(dir);
     if let Some(state) = &state {
-        let pids: Vec<u32> = state.peer_pids.iter().chain(&state.mariadbd_pids).copied().collect();
+        let pids: Vec<u32> = state
+            .peer_pids
+            .iter()
+            .chain(&state.mariadbd_pids)
+            .copied()
+            .collect();
         for pid in &pids {
             // SAFETY: plain kill(2) on processes this sandbox started.
             unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
@@ -194,7 +230,11 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     }
     println!(
         "sandbox is down{}.",
-        if state.is_some() { "; data removed" } else { " (nothing was running)" }
+        if state.is_some() {
+            "; data removed"
+        } else {
+            " (nothing was running)"
+        }
     );
     Ok(())
 }
