@@ -1,10 +1,11 @@
-//! Compiles `orchestrator.proto` with the vendored `protoc`, so no system protoc is needed.
+//! Compiles `orchestrator.proto` and `raft.proto` with the vendored `protoc`, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-free: build scripts are single-threaded; the variable only steers prost-build.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    tonic_prost_build::configure().compile_protos(&["orchestrator.proto"], &["."])?;
+    tonic_prost_build::configure().compile_protos(&["orchestrator.proto", "raft.proto"], &["."])?;
     println!("cargo:rerun-if-changed=orchestrator.proto");
+    println!("cargo:rerun-if-changed=raft.proto");
     Ok(())
 }

@@ -12,13 +12,7 @@ use tonic::transport::Channel;
 #[command(version, about = "Control the MySQL orchestrator peers")]
 struct Args {
     /// Address of any peer (`host:port` of its HTTP/gRPC listener).
-    #[arg(
-        long,
-        short = 'a',
-        env = "ORCHCTL_ADDR",
-        default_value = "127.0.0.1:3000",
-        global = true
-    )]
+    #[arg(long, short = 'a', env = "ORCHCTL_ADDR", default_value = "127.0.0.1:3000", global = true)]
     addr: String,
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 5, global = true)]
@@ -58,42 +52,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("`{}` is not a valid peer address", args.addr))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach peer at {}", args.addr))?;
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach peer at {}", args.addr))?;
     let mut client = OrchestratorClient::new(channel);
     match args.command {
         Command::Status => {
-            let s = client
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(one_line)?
-                .into_inner();
-            println!(
-                "peer {} at {} (version {})",
-                s.node_id, s.http_address, s.version
-            );
-            println!(
-                "up {} s; {} instances in {} clusters",
-                s.uptime_seconds, s.known_instances, s.clusters
-            );
+            let s = client.status(pb::StatusRequest {}).await.map_err(one_line)?.into_inner();
+            println!("peer {} at {} (version {})", s.node_id, s.http_address, s.version);
+            println!("up {} s; {} instances in {} clusters", s.uptime_seconds, s.known_instances, s.clusters);
         }
         Command::Clusters => {
-            let r = client
-                .list_clusters(pb::ListClustersRequest {})
-                .await
-                .map_err(one_line)?
-                .into_inner();
-            println!(
-                "{:<24} {:<24} {:>9} {:>9}",
-                "ALIAS", "MASTER", "INSTANCES", "REACHABLE"
-            );
+            let r = client.list_clusters(pb::ListClustersRequest {}).await.map_err(one_line)?.into_inner();
+            println!("{:<24} {:<24} {:>9} {:>9}", "ALIAS", "MASTER", "INSTANCES", "REACHABLE");
             for c in r.clusters {
-                println!(
-                    "{:<24} {:<24} {:>9} {:>9}",
-                    c.alias, c.master, c.instances, c.reachable
-                );
+                println!("{:<24} {:<24} {:>9} {:>9}", c.alias, c.master, c.instances, c.reachable);
             }
         }
         Command::Topology { cluster, json } => {
@@ -109,15 +80,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Discover { instance } => {
-            let (host, port) = instance
-                .rsplit_once(':')
-                .context("instance must be host:port")?;
+            let (host, port) = instance.rsplit_once(':').context("instance must be host:port")?;
             let port: u32 = port.parse().context("port must be a number")?;
             let r = client
-                .discover(pb::DiscoverRequest {
-                    host: host.to_string(),
-                    port,
-                })
+                .discover(pb::DiscoverRequest { host: host.to_string(), port })
                 .await
                 .map_err(one_line)?
                 .into_inner();
@@ -141,11 +107,7 @@ fn print_topology(t: &pb::ClusterTopology) {
         let (threads, lag) = match &i.replication {
             Some(r) => (
                 format!("{}/{}", r.io_thread, r.sql_thread),
-                if r.seconds_behind < 0 {
-                    "-".to_string()
-                } else {
-                    format!("{}s", r.seconds_behind)
-                },
+                if r.seconds_behind < 0 { "-".to_string() } else { format!("{}s", r.seconds_behind) },
             ),
             None => ("-".to_string(), "-".to_string()),
         };

@@ -37,22 +37,11 @@ use crate::topology::InstanceKey;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}, line {line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, message: String },
     #[error("config {origin}: `{key}`: {message}")]
-    Invalid {
-        origin: String,
-        key: String,
-        message: String,
-    },
+    Invalid { origin: String, key: String, message: String },
 }
 
 /// The whole configuration of one peer.
@@ -78,6 +67,38 @@ pub struct Config {
     /// Clusters to discover, each from one or more seed instances.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears nothing for a random time in [min, max] starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a state-machine snapshot after this many new log entries.
+    pub snapshot_every_logs: u64,
+    /// Log entries kept behind a snapshot (the rest are purged).
+    pub logs_kept_after_snapshot: u64,
+    /// How long a write may wait to be committed before it is refused.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every_logs: 1000,
+            logs_kept_after_snapshot: 200,
+            write_timeout_ms: 3000,
+        }
+    }
 }
 
 /// One member of the Raft group.
@@ -180,10 +201,8 @@ fn default_read_timeout_ms() -> u64 {
 impl Config {
     /// Reads, overrides from the process environment, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config = Config::parse(&text, path)?;
         config.apply_env(|name| std::env::var(name).ok(), &path.display().to_string())?;
         config.validate(&path.display().to_string())?;
@@ -217,14 +236,12 @@ impl Config {
             message,
         };
         if let Some(v) = env("ORCH_NODE_ID") {
-            self.node_id = v
-                .parse()
-                .map_err(|_| invalid("ORCH_NODE_ID", format!("`{v}` is not a number")))?;
+            self.node_id =
+                v.parse().map_err(|_| invalid("ORCH_NODE_ID", format!("`{v}` is not a number")))?;
         }
         if let Some(v) = env("ORCH_HTTP_LISTEN") {
-            self.http_listen = v
-                .parse()
-                .map_err(|_| invalid("ORCH_HTTP_LISTEN", format!("`{v}` is not ip:port")))?;
+            self.http_listen =
+                v.parse().map_err(|_| invalid("ORCH_HTTP_LISTEN", format!("`{v}` is not ip:port")))?;
         }
         if let Some(v) = env("ORCH_MYSQL_USER") {
             self.mysql.user = v;
@@ -258,17 +275,10 @@ impl Config {
         let mut addrs = BTreeSet::new();
         for p in &self.peers {
             if !ids.insert(p.id) {
-                return Err(invalid(
-                    "peers.id",
-                    format!("peer id {} appears twice", p.id),
-                ));
+                return Err(invalid("peers.id", format!("peer id {} appears twice", p.id)));
             }
             for addr in [&p.http, &p.raft] {
-                if addr
-                    .rsplit_once(':')
-                    .and_then(|(_, port)| port.parse::<u16>().ok())
-                    .is_none()
-                {
+                if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
                     return Err(invalid(
                         "peers",
                         format!("peer {}: address `{addr}` is not host:port", p.id),
@@ -320,6 +330,28 @@ impl Config {
                 ));
             }
         }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms >= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.heartbeat_interval_ms",
+                format!(
+                    "{} ms must be above 0 and below election_timeout_min_ms ({} ms)",
+                    r.heartbeat_interval_ms, r.election_timeout_min_ms
+                ),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "{} ms must be above election_timeout_min_ms ({} ms)",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            ));
+        }
+        if r.snapshot_every_logs == 0 || r.write_timeout_ms == 0 {
+            return Err(invalid("raft", "snapshot_every_logs and write_timeout_ms must be above 0".into()));
+        }
         let mut aliases = BTreeSet::new();
         for c in &self.clusters {
             if c.alias.is_empty() || c.alias.contains('/') {
@@ -329,16 +361,10 @@ impl Config {
                 ));
             }
             if !aliases.insert(c.alias.clone()) {
-                return Err(invalid(
-                    "clusters.alias",
-                    format!("`{}` appears twice", c.alias),
-                ));
+                return Err(invalid("clusters.alias", format!("`{}` appears twice", c.alias)));
             }
             if c.seeds.is_empty() {
-                return Err(invalid(
-                    "clusters.seeds",
-                    format!("cluster `{}` has no seed instance", c.alias),
-                ));
+                return Err(invalid("clusters.seeds", format!("cluster `{}` has no seed instance", c.alias)));
             }
         }
         Ok(())
@@ -351,10 +377,8 @@ impl Config {
             return Ok(p.clone());
         }
         if let Some(path) = &m.password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
             return Ok(text.trim_end_matches(['\n', '\r']).to_string());
         }
         if let Some(var) = &m.password_env {
@@ -365,6 +389,13 @@ impl Config {
             });
         }
         Ok(String::new())
+    }
+
+    /// The address this peer's outgoing connections to other peers leave from: the
+    /// host's own address when `http_listen` names one (not `0.0.0.0`).
+    pub fn source_ip(&self) -> Option<std::net::IpAddr> {
+        let ip = self.http_listen.ip();
+        (!ip.is_unspecified()).then_some(ip)
     }
 
     /// This peer's own entry in `peers`.
@@ -434,10 +465,7 @@ seeds = ["127.0.1.1:3306"]
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = GOOD.replace(
-            "read_timeout_ms = 300",
-            "read_timeout_ms = 300\nprobe_intervall = 3",
-        );
+        let text = GOOD.replace("read_timeout_ms = 300", "read_timeout_ms = 300\nprobe_intervall = 3");
         let e = error_of(&text);
         assert!(e.contains("probe_intervall"), "{e}");
         assert!(e.contains("test.toml, line 26"), "{e}");
@@ -456,27 +484,12 @@ seeds = ["127.0.1.1:3306"]
     fn invalid_values_are_named() {
         let cases = [
             (GOOD.replace("node_id = 2", "node_id = 9"), "node_id"),
-            (
-                GOOD.replace("probe_interval_ms = 500", "probe_interval_ms = 50"),
-                "probe_interval_ms",
-            ),
-            (
-                GOOD.replace("read_timeout_ms = 300", "read_timeout_ms = 900"),
-                "read_timeout_ms",
-            ),
+            (GOOD.replace("probe_interval_ms = 500", "probe_interval_ms = 50"), "probe_interval_ms"),
+            (GOOD.replace("read_timeout_ms = 300", "read_timeout_ms = 900"), "read_timeout_ms"),
             (GOOD.replace("127.0.1.1:3306", "nohost"), "nohost"),
             (GOOD.replace("id = 3", "id = 2"), "appears twice"),
-            (
-                GOOD.replace("alias = \"main\"", "alias = \"\""),
-                "clusters.alias",
-            ),
-            (
-                GOOD.replace(
-                    "password = \"secret\"",
-                    "password = \"x\"\npassword_env = \"Y\"",
-                ),
-                "only one of",
-            ),
+            (GOOD.replace("alias = \"main\"", "alias = \"\""), "clusters.alias"),
+            (GOOD.replace("password = \"secret\"", "password = \"x\"\npassword_env = \"Y\""), "only one of"),
         ];
         for (text, needle) in cases {
             let e = error_of(&text);
@@ -486,13 +499,8 @@ seeds = ["127.0.1.1:3306"]
 
     #[test]
     fn unreadable_file_is_named() {
-        let e = Config::load(Path::new("/nonexistent/orch.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read config file /nonexistent/orch.toml"),
-            "{e}"
-        );
+        let e = Config::load(Path::new("/nonexistent/orch.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read config file /nonexistent/orch.toml"), "{e}");
     }
 
     #[test]
@@ -506,10 +514,7 @@ seeds = ["127.0.1.1:3306"]
         c.apply_env(env, "t").unwrap();
         assert_eq!(c.mysql_password().unwrap(), "from-env");
         assert_eq!(c.http_listen, "127.0.0.9:3000".parse().unwrap());
-        let e = c
-            .apply_env(|k| (k == "ORCH_NODE_ID").then(|| "x".to_string()), "t")
-            .unwrap_err()
-            .to_string();
+        let e = c.apply_env(|k| (k == "ORCH_NODE_ID").then(|| "x".to_string()), "t").unwrap_err().to_string();
         assert!(e.contains("ORCH_NODE_ID"), "{e}");
     }
 
@@ -518,18 +523,14 @@ seeds = ["127.0.1.1:3306"]
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
-        let text = GOOD.replace(
-            "password = \"secret\"",
-            &format!("password_file = \"{}\"", file.display()),
-        );
+        let text = GOOD.replace("password = \"secret\"", &format!("password_file = \"{}\"", file.display()));
         let c = parse_and_validate(&text).unwrap();
         assert_eq!(c.mysql_password().unwrap(), "s3cret");
     }
 
     #[test]
     fn example_config_in_deploy_is_valid() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/orchestrator.example.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/orchestrator.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         parse_and_validate(&text).unwrap();
     }

@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::mysql::{ProbeError, Prober};
 use crate::topology::{
-    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState,
-    Role,
+    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState, Role,
 };
 use crate::unix_millis_now;
 
@@ -75,13 +74,7 @@ impl TopologyStore {
             .flat_map(|(_, seeds)| seeds.iter())
             .map(|k| (k.clone(), InstanceState::new(k.clone())))
             .collect();
-        Self {
-            inner: RwLock::new(StoreInner {
-                instances,
-                aliases,
-                clusters: Vec::new(),
-            }),
-        }
+        Self { inner: RwLock::new(StoreInner { instances, aliases, clusters: Vec::new() }) }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, StoreInner> {
@@ -106,17 +99,12 @@ impl TopologyStore {
         now_unix_ms: i64,
     ) -> Vec<InstanceKey> {
         let mut inner = self.write();
-        let state = inner
-            .instances
-            .entry(key.clone())
-            .or_insert_with(|| InstanceState::new(key.clone()));
+        let state = inner.instances.entry(key.clone()).or_insert_with(|| InstanceState::new(key.clone()));
         let named = apply_probe(state, outcome, latency, now_unix_ms);
         let mut new = Vec::new();
         for k in named {
             if !inner.instances.contains_key(&k) {
-                inner
-                    .instances
-                    .insert(k.clone(), InstanceState::new(k.clone()));
+                inner.instances.insert(k.clone(), InstanceState::new(k.clone()));
                 new.push(k);
             }
         }
@@ -150,16 +138,9 @@ impl TopologyStore {
     /// role unknown, before the next regrouping).
     pub fn instance(&self, key: &InstanceKey) -> Option<ClusterInstance> {
         let inner = self.read();
-        inner
-            .clusters
-            .iter()
-            .find_map(|c| c.instance(key).cloned())
-            .or_else(|| {
-                inner.instances.get(key).map(|s| ClusterInstance {
-                    role: Role::Unknown,
-                    state: s.clone(),
-                })
-            })
+        inner.clusters.iter().find_map(|c| c.instance(key).cloned()).or_else(|| {
+            inner.instances.get(key).map(|s| ClusterInstance { role: Role::Unknown, state: s.clone() })
+        })
     }
 
     pub fn instance_count(&self) -> usize {
@@ -188,9 +169,7 @@ impl DiscoveryHandle {
             .send(DiscoverRequest { key, reply })
             .await
             .map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?
+        answer.await.map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?
     }
 }
 
@@ -215,22 +194,12 @@ impl<P: Prober> Discovery<P> {
     ) -> (Self, DiscoveryHandle) {
         let (tx, rx) = mpsc::channel(16);
         (
-            Self {
-                prober: Arc::new(prober),
-                store,
-                metrics,
-                interval,
-                probe_deadline,
-                requests: rx,
-            },
+            Self { prober: Arc::new(prober), store, metrics, interval, probe_deadline, requests: rx },
             DiscoveryHandle { requests: tx },
         )
     }
 
-    async fn probe_timed(
-        &self,
-        key: &InstanceKey,
-    ) -> (Result<InstanceProbe, ProbeError>, Duration) {
+    async fn probe_timed(&self, key: &InstanceKey) -> (Result<InstanceProbe, ProbeError>, Duration) {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.probe_deadline, self.prober.probe(key))
             .await
@@ -265,16 +234,14 @@ impl<P: Prober> Discovery<P> {
             pending = found.into_iter().filter(|k| !probed.contains(k)).collect();
         }
         self.store.rebuild(unix_millis_now());
-        self.metrics
-            .set_topology_size(self.store.instance_count(), self.store.clusters().len());
+        self.metrics.set_topology_size(self.store.instance_count(), self.store.clusters().len());
     }
 
     async fn handle(&self, request: DiscoverRequest) {
         let (outcome, latency) = self.probe_timed(&request.key).await;
         let answer = match outcome {
             Ok(probe) => {
-                self.store
-                    .record(&request.key, Ok(probe), latency, unix_millis_now());
+                self.store.record(&request.key, Ok(probe), latency, unix_millis_now());
                 self.store.rebuild(unix_millis_now());
                 tracing::info!(instance = %request.key, "seed added through the API");
                 self.store
@@ -359,14 +326,9 @@ mod tests {
         }
     }
 
-    fn discovery(
-        prober: ScriptedProber,
-        seeds: &[&str],
-    ) -> (Discovery<ScriptedProber>, Arc<TopologyStore>) {
-        let store = Arc::new(TopologyStore::new(vec![(
-            "main".into(),
-            seeds.iter().map(|s| key(s)).collect(),
-        )]));
+    fn discovery(prober: ScriptedProber, seeds: &[&str]) -> (Discovery<ScriptedProber>, Arc<TopologyStore>) {
+        let store =
+            Arc::new(TopologyStore::new(vec![("main".into(), seeds.iter().map(|s| key(s)).collect())]));
         let (d, _handle) = Discovery::new(
             prober,
             store.clone(),
@@ -387,10 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_round_from_a_replica_seed_finds_the_whole_cluster() {
-        let prober = ScriptedProber {
-            answers: Mutex::new(three_node_answers()),
-            hang: BTreeSet::new(),
-        };
+        let prober = ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::new() };
         let (d, store) = discovery(prober, &["r2:1"]);
         d.probe_round().await;
         let c = store.cluster("main").expect("cluster main");
@@ -402,18 +361,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_instance_times_out_without_stalling_the_round() {
-        let prober = ScriptedProber {
-            answers: Mutex::new(three_node_answers()),
-            hang: BTreeSet::from([key("r1:1")]),
-        };
+        let prober =
+            ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::from([key("r1:1")]) };
         let (d, store) = discovery(prober, &["m:1"]);
         let started = Instant::now();
         d.probe_round().await;
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "round took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "round took {:?}", started.elapsed());
         let hung = store.instance(&key("r1:1")).unwrap();
         assert!(!hung.state.reachable);
         assert!(hung.state.last_error.unwrap().contains("no answer within"));
@@ -422,47 +375,27 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_stops_answering_keeps_its_place_and_shows_its_error() {
-        let prober = ScriptedProber {
-            answers: Mutex::new(three_node_answers()),
-            hang: BTreeSet::new(),
-        };
+        let prober = ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::new() };
         let (d, store) = discovery(prober, &["m:1"]);
         d.probe_round().await;
         d.prober.answers.lock().unwrap().remove(&key("r2:1"));
         d.probe_round().await;
         d.probe_round().await;
         let r2 = store.instance(&key("r2:1")).unwrap();
-        assert_eq!(
-            r2.role,
-            Role::Replica,
-            "keeps its place from the last good probe"
-        );
+        assert_eq!(r2.role, Role::Replica, "keeps its place from the last good probe");
         assert!(!r2.state.reachable);
         assert_eq!(r2.state.consecutive_failures, 2);
-        assert_eq!(
-            r2.state.last_error.as_deref(),
-            Some("cannot connect: Connection refused")
-        );
+        assert_eq!(r2.state.last_error.as_deref(), Some("cannot connect: Connection refused"));
     }
 
     #[test]
     fn apply_probe_tracks_failures_and_recovery() {
         let mut st = InstanceState::new(key("a:1"));
-        apply_probe(
-            &mut st,
-            Err(ProbeError::ConnectTimeout(Duration::from_millis(5))),
-            Duration::ZERO,
-            10,
-        );
+        apply_probe(&mut st, Err(ProbeError::ConnectTimeout(Duration::from_millis(5))), Duration::ZERO, 10);
         assert!(!st.reachable);
         assert_eq!(st.consecutive_failures, 1);
         assert_eq!(st.last_seen_unix_ms, None);
-        let named = apply_probe(
-            &mut st,
-            Ok(probe(Some("m:1"), &["x:1"])),
-            Duration::from_millis(3),
-            20,
-        );
+        let named = apply_probe(&mut st, Ok(probe(Some("m:1"), &["x:1"])), Duration::from_millis(3), 20);
         assert_eq!(named, vec![key("x:1"), key("m:1")]);
         assert!(st.reachable);
         assert_eq!(st.consecutive_failures, 0);

@@ -14,6 +14,8 @@ pub mod config;
 pub mod discovery;
 pub mod metrics;
 pub mod mysql;
+pub mod raft;
+pub mod state;
 pub mod topology;
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every API answer.

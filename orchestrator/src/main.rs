@@ -12,18 +12,14 @@ use orchestrator::config::Config;
 use orchestrator::discovery::{Discovery, TopologyStore};
 use orchestrator::metrics::Metrics;
 use orchestrator::mysql::{MysqlProber, ProbeSettings};
+use orchestrator::raft::RaftNode;
 
 /// MySQL high-availability peer: discovery, HTTP/gRPC API.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Path of the TOML config file.
-    #[arg(
-        long,
-        short,
-        env = "ORCH_CONFIG",
-        default_value = "/etc/orchestrator/orchestrator.toml"
-    )]
+    #[arg(long, short, env = "ORCH_CONFIG", default_value = "/etc/orchestrator/orchestrator.toml")]
     config: PathBuf,
     /// Validate the config and exit.
     #[arg(long)]
@@ -43,7 +39,7 @@ async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -55,11 +51,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let password = config.mysql_password()?;
 
-    let aliases = config
-        .clusters
-        .iter()
-        .map(|c| (c.alias.clone(), c.seeds.clone()))
-        .collect();
+    let aliases = config.clusters.iter().map(|c| (c.alias.clone(), c.seeds.clone())).collect();
     let store = Arc::new(TopologyStore::new(aliases));
     let metrics = Arc::new(Metrics::new());
     let d = &config.discovery;
@@ -90,6 +82,8 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let raft = RaftNode::start(&config, store.clone(), metrics.clone(), stop_rx.clone()).await?;
+    tracing::info!(raft = %config.raft_listen, data_dir = %config.data_dir.display(), "Raft started");
     let discovery_task = tokio::spawn({
         let mut stop = stop_rx.clone();
         async move {
@@ -107,6 +101,11 @@ async fn run() -> anyhow::Result<()> {
         store,
         discovery: handle,
         metrics,
+        raft: raft.clone(),
+        http_client: orchestrator::raft::network::peer_http_client(
+            config.source_ip(),
+            std::time::Duration::from_secs(10),
+        ),
     };
     let server = tokio::spawn({
         let mut stop = stop_rx.clone();
@@ -118,10 +117,7 @@ async fn run() -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    server
-        .await
-        .context("API server task failed")?
-        .context("API server failed")?;
+    server.await.context("API server task failed")?.context("API server failed")?;
     discovery_task.await.context("discovery task failed")?;
     Ok(())
 }

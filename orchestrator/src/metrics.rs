@@ -1,5 +1,6 @@
 //! Prometheus metrics of the peer, served as text on `GET /metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,9 +26,7 @@ struct InstanceLabels {
 
 fn probe_latency_histogram() -> Histogram {
     // 1 ms .. ~2 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.001, 2.0, 12,
-    ))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 12))
 }
 
 /// Every metric the peer exports.
@@ -38,6 +37,12 @@ pub struct Metrics {
     instance_up: Family<InstanceLabels, Gauge>,
     known_instances: Gauge,
     clusters: Gauge,
+    raft_term: Gauge,
+    raft_is_leader: Gauge,
+    raft_role: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_heartbeat_age: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -50,18 +55,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("orchestrator");
         let probes = Family::<ProbeLabels, Counter>::default();
-        let probe_latency =
-            Family::<InstanceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                probe_latency_histogram as fn() -> Histogram,
-            );
+        let probe_latency = Family::<InstanceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            probe_latency_histogram as fn() -> Histogram,
+        );
         let instance_up = Family::<InstanceLabels, Gauge>::default();
         let known_instances = Gauge::default();
         let clusters = Gauge::default();
-        registry.register(
-            "probes",
-            "Instance probes by outcome (ok, error)",
-            probes.clone(),
-        );
+        registry.register("probes", "Instance probes by outcome (ok, error)", probes.clone());
         registry.register(
             "probe_duration_seconds",
             "Time one probe of an instance took",
@@ -72,15 +72,27 @@ impl Metrics {
             "1 when the last probe of the instance succeeded",
             instance_up.clone(),
         );
+        registry.register("known_instances", "Instances discovery knows", known_instances.clone());
+        registry.register("clusters", "Clusters discovery has formed", clusters.clone());
+        let raft_term = Gauge::default();
+        let raft_is_leader = Gauge::default();
+        let raft_role = Gauge::default();
+        let raft_commit_index = Gauge::default();
+        let raft_applied_index = Gauge::default();
+        let raft_heartbeat_age = Gauge::<f64, AtomicU64>::default();
+        registry.register("raft_term", "Current Raft term", raft_term.clone());
+        registry.register("raft_is_leader", "1 on the Raft leader", raft_is_leader.clone());
         registry.register(
-            "known_instances",
-            "Instances discovery knows",
-            known_instances.clone(),
+            "raft_role",
+            "Raft role: 0 learner, 1 follower, 2 candidate, 3 leader, -1 shut down",
+            raft_role.clone(),
         );
+        registry.register("raft_commit_index", "Last committed log index", raft_commit_index.clone());
+        registry.register("raft_applied_index", "Last applied log index", raft_applied_index.clone());
         registry.register(
-            "clusters",
-            "Clusters discovery has formed",
-            clusters.clone(),
+            "raft_last_heartbeat_age_seconds",
+            "Seconds since this follower last accepted entries from a leader (0 on the leader)",
+            raft_heartbeat_age.clone(),
         );
         Self {
             registry: Mutex::new(registry),
@@ -89,7 +101,31 @@ impl Metrics {
             instance_up,
             known_instances,
             clusters,
+            raft_term,
+            raft_is_leader,
+            raft_role,
+            raft_commit_index,
+            raft_applied_index,
+            raft_heartbeat_age,
         }
+    }
+
+    /// Raft gauges; `heartbeat_age_s` is `None` before any contact.
+    pub fn set_raft(
+        &self,
+        term: u64,
+        is_leader: bool,
+        role: i64,
+        committed: u64,
+        applied: u64,
+        heartbeat_age_s: Option<f64>,
+    ) {
+        self.raft_term.set(term as i64);
+        self.raft_is_leader.set(i64::from(is_leader));
+        self.raft_role.set(role);
+        self.raft_commit_index.set(committed as i64);
+        self.raft_applied_index.set(applied as i64);
+        self.raft_heartbeat_age.set(heartbeat_age_s.unwrap_or(f64::NAN));
     }
 
     pub fn record_probe(&self, key: &InstanceKey, ok: bool, latency: Duration) {
@@ -101,9 +137,7 @@ impl Metrics {
             })
             .inc();
         let labels = InstanceLabels { instance };
-        self.probe_latency
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
+        self.probe_latency.get_or_create(&labels).observe(latency.as_secs_f64());
         self.instance_up.get_or_create(&labels).set(i64::from(ok));
     }
 
@@ -138,16 +172,16 @@ mod tests {
             text.contains(r#"orchestrator_probes_total{instance="127.0.0.1:3306",outcome="ok"} 1"#),
             "{text}"
         );
+        assert!(text.contains(r#"orchestrator_instance_up{instance="127.0.0.1:3306"} 0"#), "{text}");
         assert!(
-            text.contains(r#"orchestrator_instance_up{instance="127.0.0.1:3306"} 0"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "orchestrator_probe_duration_seconds_count{instance=\"127.0.0.1:3306\"} 2"
-            ),
+            text.contains("orchestrator_probe_duration_seconds_count{instance=\"127.0.0.1:3306\"} 2"),
             "{text}"
         );
         assert!(text.contains("orchestrator_known_instances 3"), "{text}");
+        m.set_raft(7, true, 3, 42, 41, Some(0.0));
+        let text = m.encode();
+        assert!(text.contains("orchestrator_raft_term 7"), "{text}");
+        assert!(text.contains("orchestrator_raft_commit_index 42"), "{text}");
+        assert!(text.contains("orchestrator_raft_is_leader 1"), "{text}");
     }
 }

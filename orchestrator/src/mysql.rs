@@ -36,10 +36,7 @@ pub enum ProbeError {
 
 /// Probes one instance. The discovery loop only knows this trait.
 pub trait Prober: Send + Sync + 'static {
-    fn probe(
-        &self,
-        key: &InstanceKey,
-    ) -> impl Future<Output = Result<InstanceProbe, ProbeError>> + Send;
+    fn probe(&self, key: &InstanceKey) -> impl Future<Output = Result<InstanceProbe, ProbeError>> + Send;
 }
 
 /// Login and timing for [`MysqlProber`].
@@ -72,30 +69,17 @@ pub struct MysqlProber {
 
 impl MysqlProber {
     pub fn new(settings: ProbeSettings) -> Self {
-        Self {
-            settings,
-            connections: Mutex::new(HashMap::new()),
-        }
+        Self { settings, connections: Mutex::new(HashMap::new()) }
     }
 
     /// Opens a new connection to `key`, bounded by the connect timeout.
     pub async fn connect(&self, key: &InstanceKey) -> Result<Conn, ProbeError> {
-        connect(
-            key,
-            &self.settings.user,
-            &self.settings.password,
-            self.settings.connect_timeout,
-        )
-        .await
+        connect(key, &self.settings.user, &self.settings.password, self.settings.connect_timeout).await
     }
 
     /// Runs the probe queries on `conn`, keeping it for next time only on success; on
     /// error it is dropped.
-    async fn probe_with(
-        &self,
-        key: &InstanceKey,
-        mut conn: Conn,
-    ) -> Result<InstanceProbe, ProbeError> {
+    async fn probe_with(&self, key: &InstanceKey, mut conn: Conn) -> Result<InstanceProbe, ProbeError> {
         let timeout = self.settings.read_timeout;
         let result = tokio::time::timeout(timeout, probe_on(&mut conn, self.settings.default_port))
             .await
@@ -181,10 +165,10 @@ fn row_map(row: &Row) -> RowMap {
 }
 
 async fn query_maps(conn: &mut Conn, sql: &str) -> Result<Vec<RowMap>, ProbeError> {
-    let rows: Vec<Row> = conn.query(sql).await.map_err(|e| ProbeError::Query {
-        sql: sql.to_string(),
-        message: one_line(&e.to_string()),
-    })?;
+    let rows: Vec<Row> = conn
+        .query(sql)
+        .await
+        .map_err(|e| ProbeError::Query { sql: sql.to_string(), message: one_line(&e.to_string()) })?;
     Ok(rows.iter().map(row_map).collect())
 }
 
@@ -192,9 +176,7 @@ async fn query_maps(conn: &mut Conn, sql: &str) -> Result<Vec<RowMap>, ProbeErro
 /// column differently: `Source_Host` / `Master_Host`).
 pub fn column<'a>(row: &'a RowMap, names: &[&str]) -> Option<&'a str> {
     names.iter().find_map(|name| {
-        row.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_deref())
+        row.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_deref())
     })
 }
 
@@ -210,10 +192,7 @@ fn number<T: std::str::FromStr>(row: &RowMap, names: &[&str]) -> Result<T, Probe
 }
 
 fn flag(text: &str) -> bool {
-    matches!(
-        text.trim().to_ascii_uppercase().as_str(),
-        "1" | "ON" | "YES" | "TRUE"
-    )
+    matches!(text.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
 }
 
 /// The per-flavor SQL the prober runs.
@@ -260,17 +239,14 @@ impl Dialect {
 /// Runs every probe query on an open connection.
 async fn probe_on(conn: &mut Conn, default_port: u16) -> Result<InstanceProbe, ProbeError> {
     let identity = query_maps(conn, Dialect::IDENTITY).await?;
-    let identity = identity
-        .first()
-        .ok_or_else(|| ProbeError::Unexpected("identity query returned no row".into()))?;
+    let identity =
+        identity.first().ok_or_else(|| ProbeError::Unexpected("identity query returned no row".into()))?;
     let flavor = Flavor::detect(
         column(identity, &["version"]).unwrap_or(""),
         column(identity, &["version_comment"]).unwrap_or(""),
     );
     let gtid = query_maps(conn, Dialect::gtid_sql(flavor)).await?;
-    let gtid = gtid
-        .first()
-        .ok_or_else(|| ProbeError::Unexpected("GTID query returned no row".into()))?;
+    let gtid = gtid.first().ok_or_else(|| ProbeError::Unexpected("GTID query returned no row".into()))?;
     let replica_status = query_maps(conn, Dialect::replica_status_sql(flavor)).await?;
     let replica_hosts = query_maps(conn, Dialect::replica_hosts_sql(flavor)).await?;
     let mut replicas = parse_replica_hosts(&replica_hosts)?;
@@ -398,36 +374,15 @@ pub fn parse_semi_sync(variables: &[RowMap], status: &[RowMap]) -> SemiSyncStatu
         })
     };
     SemiSyncStatus {
-        master_enabled: lookup(
-            variables,
-            &[
-                "rpl_semi_sync_source_enabled",
-                "rpl_semi_sync_master_enabled",
-            ],
-        )
-        .is_some_and(|v| flag(&v)),
-        replica_enabled: lookup(
-            variables,
-            &[
-                "rpl_semi_sync_replica_enabled",
-                "rpl_semi_sync_slave_enabled",
-            ],
-        )
-        .is_some_and(|v| flag(&v)),
-        master_active: lookup(
-            status,
-            &["Rpl_semi_sync_source_status", "Rpl_semi_sync_master_status"],
-        )
-        .is_some_and(|v| flag(&v)),
-        master_clients: lookup(
-            status,
-            &[
-                "Rpl_semi_sync_source_clients",
-                "Rpl_semi_sync_master_clients",
-            ],
-        )
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0),
+        master_enabled: lookup(variables, &["rpl_semi_sync_source_enabled", "rpl_semi_sync_master_enabled"])
+            .is_some_and(|v| flag(&v)),
+        replica_enabled: lookup(variables, &["rpl_semi_sync_replica_enabled", "rpl_semi_sync_slave_enabled"])
+            .is_some_and(|v| flag(&v)),
+        master_active: lookup(status, &["Rpl_semi_sync_source_status", "Rpl_semi_sync_master_status"])
+            .is_some_and(|v| flag(&v)),
+        master_clients: lookup(status, &["Rpl_semi_sync_source_clients", "Rpl_semi_sync_master_clients"])
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
     }
 }
 
@@ -449,10 +404,7 @@ mod tests {
     use super::*;
 
     fn row(pairs: &[(&str, Option<&str>)]) -> RowMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect()
     }
 
     #[test]
@@ -512,38 +464,14 @@ mod tests {
     #[test]
     fn replica_hosts_and_processlist_fallback() {
         let rows = vec![
-            row(&[
-                ("Server_id", Some("3")),
-                ("Host", Some("127.0.3.3")),
-                ("Port", Some("3306")),
-            ]),
-            row(&[
-                ("Server_Id", Some("2")),
-                ("Host", Some("127.0.3.2")),
-                ("Port", Some("3306")),
-            ]),
-            row(&[
-                ("Server_id", Some("4")),
-                ("Host", Some("")),
-                ("Port", Some("3306")),
-            ]),
+            row(&[("Server_id", Some("3")), ("Host", Some("127.0.3.3")), ("Port", Some("3306"))]),
+            row(&[("Server_Id", Some("2")), ("Host", Some("127.0.3.2")), ("Port", Some("3306"))]),
+            row(&[("Server_id", Some("4")), ("Host", Some("")), ("Port", Some("3306"))]),
         ];
         let keys = parse_replica_hosts(&rows).unwrap();
-        assert_eq!(
-            keys,
-            vec![
-                InstanceKey::new("127.0.3.2", 3306),
-                InstanceKey::new("127.0.3.3", 3306)
-            ]
-        );
-        let dumps = vec![
-            row(&[("host", Some("10.1.1.1:51234"))]),
-            row(&[("host", Some("10.1.1.1:5"))]),
-        ];
-        assert_eq!(
-            parse_binlog_dump_clients(&dumps, 3306),
-            vec![InstanceKey::new("10.1.1.1", 3306)]
-        );
+        assert_eq!(keys, vec![InstanceKey::new("127.0.3.2", 3306), InstanceKey::new("127.0.3.3", 3306)]);
+        let dumps = vec![row(&[("host", Some("10.1.1.1:51234"))]), row(&[("host", Some("10.1.1.1:5"))])];
+        assert_eq!(parse_binlog_dump_clients(&dumps, 3306), vec![InstanceKey::new("10.1.1.1", 3306)]);
     }
 
     #[test]
@@ -555,21 +483,11 @@ mod tests {
             ]
         };
         let status = vec![
-            row(&[
-                ("Variable_name", Some("Rpl_semi_sync_master_status")),
-                ("Value", Some("ON")),
-            ]),
-            row(&[
-                ("Variable_name", Some("Rpl_semi_sync_master_clients")),
-                ("Value", Some("2")),
-            ]),
+            row(&[("Variable_name", Some("Rpl_semi_sync_master_status")), ("Value", Some("ON"))]),
+            row(&[("Variable_name", Some("Rpl_semi_sync_master_clients")), ("Value", Some("2"))]),
         ];
         let s = parse_semi_sync(
-            &vars(
-                "rpl_semi_sync_master_enabled",
-                "rpl_semi_sync_slave_enabled",
-                "ON",
-            ),
+            &vars("rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled", "ON"),
             &status,
         );
         assert_eq!(
@@ -582,11 +500,7 @@ mod tests {
             }
         );
         let s = parse_semi_sync(
-            &vars(
-                "rpl_semi_sync_source_enabled",
-                "rpl_semi_sync_replica_enabled",
-                "ON",
-            ),
+            &vars("rpl_semi_sync_source_enabled", "rpl_semi_sync_replica_enabled", "ON"),
             &[],
         );
         assert!(s.master_enabled && !s.master_active);
@@ -604,40 +518,17 @@ mod tests {
         let gtid = row(&[
             ("server_uuid", Some("3e11fa47-71ca-11e1-9e33-c80aa9429562")),
             ("super_read_only", Some("1")),
-            (
-                "gtid_executed",
-                Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n"),
-            ),
+            ("gtid_executed", Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n")),
         ]);
-        let p = assemble_probe(
-            Flavor::Percona,
-            &identity,
-            &gtid,
-            None,
-            vec![],
-            Default::default(),
-        )
-        .unwrap();
+        let p = assemble_probe(Flavor::Percona, &identity, &gtid, None, vec![], Default::default()).unwrap();
         assert_eq!(p.server_id, 7);
         assert!(p.read_only);
         assert_eq!(p.super_read_only, Some(true));
         assert_eq!(p.gtid_executed.transaction_count(), 5);
         assert!(p.replication.is_none());
 
-        let gtid = row(&[
-            ("server_uuid", None),
-            ("super_read_only", None),
-            ("gtid_executed", Some("0-1-9")),
-        ]);
-        let p = assemble_probe(
-            Flavor::MariaDb,
-            &identity,
-            &gtid,
-            None,
-            vec![],
-            Default::default(),
-        )
-        .unwrap();
+        let gtid = row(&[("server_uuid", None), ("super_read_only", None), ("gtid_executed", Some("0-1-9"))]);
+        let p = assemble_probe(Flavor::MariaDb, &identity, &gtid, None, vec![], Default::default()).unwrap();
         assert_eq!(p.server_uuid, None);
         assert_eq!(p.super_read_only, None);
         assert_eq!(p.gtid_executed.to_string(), "0-1-9");
@@ -654,21 +545,10 @@ mod tests {
 
     #[test]
     fn garbage_gtid_is_an_unexpected_output_error() {
-        let identity = row(&[
-            ("server_id", Some("1")),
-            ("version", Some("x")),
-            ("read_only", Some("0")),
-        ]);
+        let identity = row(&[("server_id", Some("1")), ("version", Some("x")), ("read_only", Some("0"))]);
         let gtid = row(&[("gtid_executed", Some("not a gtid"))]);
-        let e = assemble_probe(
-            Flavor::MySql,
-            &identity,
-            &gtid,
-            None,
-            vec![],
-            Default::default(),
-        )
-        .unwrap_err();
+        let e =
+            assemble_probe(Flavor::MySql, &identity, &gtid, None, vec![], Default::default()).unwrap_err();
         assert!(matches!(e, ProbeError::Unexpected(_)), "{e}");
     }
 }

@@ -6,10 +6,7 @@ use clap::{Parser, Subcommand};
 use provisioner::mysql_config::{render, MysqlServerConfig, ServerFlavor};
 
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "Provision MySQL cluster nodes and their AWS resources"
-)]
+#[command(version, about = "Provision MySQL cluster nodes and their AWS resources")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -40,14 +37,7 @@ enum Command {
 fn main() {
     let args = Args::parse();
     match args.command {
-        Command::RenderMysqlConfig {
-            flavor,
-            server_id,
-            address,
-            port,
-            base_dir,
-            writable,
-        } => {
+        Command::RenderMysqlConfig { flavor, server_id, address, port, base_dir, writable } => {
             let mut c = MysqlServerConfig::small(flavor, server_id, &address, port, base_dir);
             c.read_only = !writable;
             c.innodb_buffer_pool_mb = 1024;

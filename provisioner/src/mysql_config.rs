@@ -43,13 +43,7 @@ pub struct MysqlServerConfig {
 
 impl MysqlServerConfig {
     /// Settings for a small test or sandbox node.
-    pub fn small(
-        flavor: ServerFlavor,
-        server_id: u32,
-        address: &str,
-        port: u16,
-        base: PathBuf,
-    ) -> Self {
+    pub fn small(flavor: ServerFlavor, server_id: u32, address: &str, port: u16, base: PathBuf) -> Self {
         Self {
             flavor,
             server_id,
@@ -90,10 +84,7 @@ pub fn render(c: &MysqlServerConfig) -> String {
     line("skip-name-resolve", &"ON");
     line("read-only", &if c.read_only { "ON" } else { "OFF" });
     line("slave-net-timeout", &c.replica_net_timeout_s);
-    line(
-        "innodb-buffer-pool-size",
-        &format!("{}M", c.innodb_buffer_pool_mb),
-    );
+    line("innodb-buffer-pool-size", &format!("{}M", c.innodb_buffer_pool_mb));
     line("max-connections", &200);
     if let Some(user) = &c.os_user {
         line("user", user);
@@ -120,13 +111,7 @@ mod tests {
 
     #[test]
     fn mariadb_config_has_gtid_and_replication_settings() {
-        let mut c = MysqlServerConfig::small(
-            ServerFlavor::Mariadb,
-            7,
-            "127.0.9.1",
-            3306,
-            "/tmp/n1".into(),
-        );
+        let mut c = MysqlServerConfig::small(ServerFlavor::Mariadb, 7, "127.0.9.1", 3306, "/tmp/n1".into());
         c.os_user = Some("root".into());
         let text = render(&c);
         for needle in [

@@ -36,9 +36,7 @@ impl HostBlock {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
         for attempt in 0..200u64 {
-            let n = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(attempt * 1442695040888963407);
+            let n = seed.wrapping_mul(6364136223846793005).wrapping_add(attempt * 1442695040888963407);
             let prefix = [100 + ((n >> 33) % 151) as u8, ((n >> 17) % 256) as u8];
             if let Some(block) = Self::try_reserve(prefix, count)? {
                 return Ok(block);
@@ -59,8 +57,7 @@ impl HostBlock {
 
     fn try_reserve(prefix: [u8; 2], count: u8) -> anyhow::Result<Option<HostBlock>> {
         let locks = testbed_root().join("locks");
-        std::fs::create_dir_all(&locks)
-            .with_context(|| format!("cannot create {}", locks.display()))?;
+        std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
         let name = format!("127.{}.{}", prefix[0], prefix[1]);
         let lock_path = locks.join(format!("{name}.lock"));
         let lock = File::options()
@@ -85,21 +82,12 @@ impl HostBlock {
                 }
             }
         }
-        Ok(Some(HostBlock {
-            prefix,
-            count,
-            _lock: lock,
-            state_dir,
-        }))
+        Ok(Some(HostBlock { prefix, count, _lock: lock, state_dir }))
     }
 
     /// Address of host `i` (1-based).
     pub fn host(&self, i: u8) -> String {
-        assert!(
-            i >= 1 && i <= self.count,
-            "host {i} outside block of {}",
-            self.count
-        );
+        assert!(i >= 1 && i <= self.count, "host {i} outside block of {}", self.count);
         format!("127.{}.{}.{i}", self.prefix[0], self.prefix[1])
     }
 

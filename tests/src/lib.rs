@@ -6,12 +6,16 @@
 //! - [`process`] owns child processes and their cleanup;
 //! - [`mariadb`] builds GTID replication topologies;
 //! - [`peer`] runs orchestrator peers and talks to their API;
+//! - [`raft`] reads and writes the peers' Raft group through that API;
+//! - [`netfault`] cuts the network between hosts (`nft`);
 //! - [`TestBed`] puts the three together for one test.
 
 pub mod hosts;
 pub mod mariadb;
+pub mod netfault;
 pub mod peer;
 pub mod process;
+pub mod raft;
 
 use std::path::PathBuf;
 
@@ -44,23 +48,58 @@ impl TestBed {
         let hosts = HostBlock::reserve(n)?;
         let dir = tempfile::Builder::new().prefix("orch-test-").tempdir()?;
         let addrs = hosts.hosts();
-        let cluster =
-            MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        let cluster = MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
         let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
         tune(&mut spec);
-        let peers =
-            peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
-        Ok(TestBed {
-            peers,
-            cluster,
-            hosts,
-            dir,
-        })
+        let peers = peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        Ok(TestBed { peers, cluster, hosts, dir })
     }
 
     /// Where the test's files live (kept with `ORCH_KEEP_TEST_DIR=1`).
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+}
+
+/// Orchestrator peers alone (no databases): for Raft tests and benchmarks.
+pub struct PeerBed {
+    pub peers: Vec<Peer>,
+    pub hosts: HostBlock,
+    pub dir: tempfile::TempDir,
+}
+
+impl PeerBed {
+    /// `n` peers on their own hosts, with the spec adjusted by `tune`.
+    pub async fn start(n: u8, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<PeerBed> {
+        let hosts = HostBlock::reserve(n)?;
+        let dir = tempfile::Builder::new().prefix("orch-peers-").tempdir()?;
+        let mut spec = PeerGroupSpec::raft_only();
+        tune(&mut spec);
+        let peers =
+            peer::start_peers(&hosts.hosts(), &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        Ok(PeerBed { peers, hosts, dir })
+    }
+
+    /// The peer with Raft id `id`.
+    pub fn peer(&self, id: u64) -> &Peer {
+        &self.peers[id as usize - 1]
+    }
+
+    pub fn peer_mut(&mut self, id: u64) -> &mut Peer {
+        &mut self.peers[id as usize - 1]
+    }
+
+    /// The running peers.
+    pub fn running(&self) -> Vec<&Peer> {
+        self.peers.iter().filter(|p| p.is_running()).collect()
+    }
+}
+
+impl Drop for PeerBed {
+    fn drop(&mut self) {
+        for p in &mut self.peers {
+            p.kill();
+        }
     }
 }
 
@@ -75,10 +114,7 @@ impl Drop for TestBed {
         if std::env::var_os("ORCH_KEEP_TEST_DIR").is_some() {
             let kept = self.dir.path().to_path_buf();
             eprintln!("test files kept in {}", kept.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")));
         }
     }
 }

@@ -56,13 +56,8 @@ impl MariaDbServer {
         writable: bool,
         lifetime: Lifetime,
     ) -> anyhow::Result<MariaDbServer> {
-        let mut cfg = MysqlServerConfig::small(
-            ServerFlavor::Mariadb,
-            server_id,
-            host,
-            3306,
-            base.to_path_buf(),
-        );
+        let mut cfg =
+            MysqlServerConfig::small(ServerFlavor::Mariadb, server_id, host, 3306, base.to_path_buf());
         cfg.read_only = !writable;
         cfg.os_user = Some("root".into());
         cfg.replica_net_timeout_s = 2;
@@ -74,29 +69,14 @@ impl MariaDbServer {
         let install_log = base.join("install-db.log");
         let out = Command::new(find_program("mariadb-install-db")?)
             .arg(format!("--defaults-file={}", config_file.display()))
-            .args([
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-            ])
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"])
             .output()
             .context("cannot run mariadb-install-db")?;
-        let _ = std::fs::write(
-            &install_log,
-            [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
-        );
+        let _ = std::fs::write(&install_log, [out.stdout.as_slice(), out.stderr.as_slice()].concat());
         if !out.status.success() {
-            let error_log =
-                std::fs::read_to_string(cfg.run_dir.join("error.log")).unwrap_or_default();
-            let reason = error_log
-                .lines()
-                .rev()
-                .find(|l| l.contains("ERROR"))
-                .unwrap_or("no ERROR line");
-            bail!(
-                "mariadb-install-db failed for {host}: {reason} (see {})",
-                install_log.display()
-            );
+            let error_log = std::fs::read_to_string(cfg.run_dir.join("error.log")).unwrap_or_default();
+            let reason = error_log.lines().rev().find(|l| l.contains("ERROR")).unwrap_or("no ERROR line");
+            bail!("mariadb-install-db failed for {host}: {reason} (see {})", install_log.display());
         }
         Ok(MariaDbServer {
             server_id,
@@ -203,9 +183,7 @@ impl MariaDbServer {
     /// Runs statements as root.
     pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
         let mut c = self.root().await?;
-        c.query_drop(sql)
-            .await
-            .with_context(|| format!("on {}: {sql}", self.host))?;
+        c.query_drop(sql).await.with_context(|| format!("on {}: {sql}", self.host))?;
         c.disconnect().await?;
         Ok(())
     }
@@ -213,10 +191,8 @@ impl MariaDbServer {
     /// One scalar as text (`None` for NULL).
     pub async fn scalar(&self, sql: &str) -> anyhow::Result<Option<String>> {
         let mut c = self.root().await?;
-        let v: Option<Option<String>> = c
-            .query_first(sql)
-            .await
-            .with_context(|| format!("on {}: {sql}", self.host))?;
+        let v: Option<Option<String>> =
+            c.query_first(sql).await.with_context(|| format!("on {}: {sql}", self.host))?;
         c.disconnect().await?;
         Ok(v.flatten())
     }
@@ -253,14 +229,7 @@ impl MariaDbCluster {
         let mut servers = Vec::new();
         for (i, host) in hosts.iter().enumerate() {
             let base = dir.join(format!("mysql-{host}"));
-            servers.push(MariaDbServer::init(
-                i as u32 + 1,
-                host,
-                &base,
-                state_dir,
-                i == 0,
-                lifetime,
-            )?);
+            servers.push(MariaDbServer::init(i as u32 + 1, host, &base, state_dir, i == 0, lifetime)?);
         }
         for s in servers.iter_mut() {
             s.start().await?;
@@ -293,26 +262,16 @@ impl MariaDbCluster {
 
     /// Waits until every running replica has executed the master's binlog position.
     pub async fn wait_replicated(&self, timeout: Duration) -> anyhow::Result<()> {
-        let target = self
-            .master()
-            .scalar("SELECT @@gtid_binlog_pos")
-            .await?
-            .unwrap_or_default();
+        let target = self.master().scalar("SELECT @@gtid_binlog_pos").await?.unwrap_or_default();
         let deadline = Instant::now() + timeout;
         for r in &self.servers[1..] {
             loop {
-                let pos = r
-                    .scalar("SELECT @@gtid_slave_pos")
-                    .await?
-                    .unwrap_or_default();
+                let pos = r.scalar("SELECT @@gtid_slave_pos").await?.unwrap_or_default();
                 if pos == target {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!(
-                        "{} at `{pos}`, master at `{target}` after {timeout:?}",
-                        r.host
-                    );
+                    bail!("{} at `{pos}`, master at `{target}` after {timeout:?}", r.host);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -13,10 +13,7 @@ use crate::process::{Lifetime, ManagedChild};
 
 /// The repository root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Path of one of our binaries, built once per test process (`cargo build` is a no-op
@@ -33,23 +30,13 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--bin",
-                "orchestrator",
-                "--bin",
-                "orchctl",
-            ])
+            .args(["build", "--quiet", "--bin", "orchestrator", "--bin", "orchctl"])
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "cargo build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
+            Err(format!("cargo build failed: {}", String::from_utf8_lossy(&out.stderr)))
         }
     });
     if let Err(e) = built {
@@ -70,6 +57,8 @@ pub struct PeerGroupSpec {
     pub probe_interval_ms: u64,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    /// Extra lines for the `[raft]` section (e.g. `snapshot_every_logs = 20`).
+    pub raft_settings: Vec<String>,
 }
 
 impl PeerGroupSpec {
@@ -80,16 +69,26 @@ impl PeerGroupSpec {
             probe_interval_ms: 1000,
             connect_timeout_ms: 500,
             read_timeout_ms: 800,
+            raft_settings: Vec::new(),
         }
+    }
+
+    /// Peers with no cluster to discover (Raft-only tests).
+    pub fn raft_only() -> Self {
+        Self::new("", Vec::new())
     }
 }
 
-/// One running `orchestrator`.
+/// One `orchestrator` peer: its files and, while running, its process.
 pub struct Peer {
     pub id: u64,
     pub host: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    pub data_dir: PathBuf,
+    binary: PathBuf,
+    state_dir: PathBuf,
+    lifetime: Lifetime,
     process: Option<ManagedChild>,
 }
 
@@ -102,10 +101,50 @@ impl Peer {
         format!("http://{}:3000{path}", self.host)
     }
 
+    /// Starts the process (again) with the same config and data.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--config").arg(&self.config_path);
+        cmd.env("ORCH_LOG", std::env::var("ORCH_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
+        self.process = Some(ManagedChild::spawn(
+            &format!("orchestrator {}", self.host),
+            cmd,
+            &self.log_path,
+            &self.state_dir,
+            self.lifetime,
+        )?);
+        Ok(())
+    }
+
+    /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.kill();
         }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ManagedChild::pid)
+    }
+
+    /// Sends a signal (SIGSTOP / SIGCONT) to the running peer.
+    pub fn signal(&self, signal: i32) {
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
+    /// Deletes the peer's data directory (Raft log and snapshots). Kill it first.
+    pub fn wipe_data(&self) -> anyhow::Result<()> {
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir)?;
+        }
+        Ok(())
     }
 
     pub fn detach(&mut self) -> Option<u32> {
@@ -118,6 +157,29 @@ impl Peer {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// Waits until `/api/health` answers.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = http_client();
+        let started = Instant::now();
+        loop {
+            if self.pid().is_some_and(|p| !crate::process::pid_alive(p)) {
+                bail!("peer {} exited at start:\n{}", self.host, self.log_tail(20));
+            }
+            let health = client.get(self.url("/api/health")).send().await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "peer {} never answered /api/health within {timeout:?}:\n{}",
+                    self.host,
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Renders the TOML config of peer `id` of a group on `hosts`.
@@ -128,22 +190,20 @@ pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &P
         host = hosts[id as usize - 1]
     );
     for (i, h) in hosts.iter().enumerate() {
-        s += &format!(
-            "[[peers]]\nid = {}\nhttp = \"{h}:3000\"\nraft = \"{h}:10008\"\n\n",
-            i + 1
-        );
+        s += &format!("[[peers]]\nid = {}\nhttp = \"{h}:3000\"\nraft = \"{h}:10008\"\n\n", i + 1);
     }
     s += &format!("[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\n");
     s += &format!(
         "[discovery]\nprobe_interval_ms = {}\nconnect_timeout_ms = {}\nread_timeout_ms = {}\n\n",
         spec.probe_interval_ms, spec.connect_timeout_ms, spec.read_timeout_ms
     );
-    let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
-    s += &format!(
-        "[[clusters]]\nalias = \"{}\"\nseeds = [{}]\n",
-        spec.cluster_alias,
-        seeds.join(", ")
-    );
+    if !spec.raft_settings.is_empty() {
+        s += &format!("[raft]\n{}\n\n", spec.raft_settings.join("\n"));
+    }
+    if !spec.seeds.is_empty() {
+        let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        s += &format!("[[clusters]]\nalias = \"{}\"\nseeds = [{}]\n", spec.cluster_alias, seeds.join(", "));
+    }
     s
 }
 
@@ -162,73 +222,37 @@ pub async fn start_peers(
         let base = dir.join(format!("peer-{host}"));
         std::fs::create_dir_all(&base)?;
         let config_path = base.join("orchestrator.toml");
-        std::fs::write(
-            &config_path,
-            peer_config(id, hosts, spec, &base.join("data")),
-        )?;
-        let log_path = base.join("orchestrator.log");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config").arg(&config_path);
-        cmd.env(
-            "ORCH_LOG",
-            std::env::var("ORCH_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        let process = ManagedChild::spawn(
-            &format!("orchestrator {host}"),
-            cmd,
-            &log_path,
-            state_dir,
-            lifetime,
-        )?;
-        peers.push(Peer {
+        std::fs::write(&config_path, peer_config(id, hosts, spec, &base.join("data")))?;
+        let mut peer = Peer {
             id,
             host: host.clone(),
             config_path,
-            log_path,
-            process: Some(process),
-        });
+            log_path: base.join("orchestrator.log"),
+            data_dir: base.join("data"),
+            binary: bin.clone(),
+            state_dir: state_dir.to_path_buf(),
+            lifetime,
+            process: None,
+        };
+        peer.spawn()?;
+        peers.push(peer);
     }
-    let client = http_client();
     for p in &peers {
-        wait_until(Duration::from_secs(20), || async {
-            client
-                .get(p.url("/api/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "peer {} never answered /api/health:\n{}",
-                p.host,
-                p.log_tail(20)
-            )
-        })?;
+        p.wait_healthy(Duration::from_secs(20)).await?;
     }
     Ok(peers)
 }
 
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).no_proxy().build().expect("http client")
 }
 
 /// GET a JSON document; non-2xx is an error carrying the body.
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = http_client()
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let resp = http_client().get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp
-        .json()
-        .await
-        .with_context(|| format!("GET {url}: body is not JSON"))?;
+    let body: serde_json::Value =
+        resp.json().await.with_context(|| format!("GET {url}: body is not JSON"))?;
     if !status.is_success() {
         bail!("GET {url}: {status}: {body}");
     }

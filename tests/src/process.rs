@@ -58,15 +58,10 @@ impl ManagedChild {
                 command.process_group(0);
             }
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        let child =
+            command.spawn().with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
         record_pid(state_dir, child.id());
-        Ok(ManagedChild {
-            name: name.to_string(),
-            child: Some(child),
-            lifetime,
-        })
+        Ok(ManagedChild { name: name.to_string(), child: Some(child), lifetime })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -134,12 +129,17 @@ impl Drop for ManagedChild {
     }
 }
 
+/// Whether process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    // The state is the first field after the `(comm)` one.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        state.is_some_and(|s| !s.starts_with('Z'))
+    })
+}
+
 fn record_pid(state_dir: &Path, pid: u32) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.join(PIDS_FILE))
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join(PIDS_FILE)) {
         let _ = writeln!(f, "{pid}");
     }
 }

@@ -15,18 +15,14 @@ fn instances(cluster: &Value) -> &Vec<Value> {
 }
 
 fn instance<'a>(cluster: &'a Value, key: &str) -> &'a Value {
-    instances(cluster)
-        .iter()
-        .find(|i| i["key"] == key)
-        .unwrap_or_else(|| panic!("{key} not in {cluster}"))
+    instances(cluster).iter().find(|i| i["key"] == key).unwrap_or_else(|| panic!("{key} not in {cluster}"))
 }
 
 /// Waits until peer `peer` shows the cluster with every instance reachable.
 async fn wait_full_topology(bed: &TestBed, peer: usize) -> Value {
     let url = bed.peers[peer].url(&format!("/api/cluster/{ALIAS}"));
     let n = bed.cluster.servers.len();
-    let full =
-        |c: &Value| instances(c).len() == n && instances(c).iter().all(|i| i["reachable"] == true);
+    let full = |c: &Value| instances(c).len() == n && instances(c).iter().all(|i| i["reachable"] == true);
     match poll_json(&url, Duration::from_secs(20), full).await {
         Ok((c, _)) => c,
         Err(last) => panic!(
@@ -82,34 +78,18 @@ async fn every_peer_discovers_the_whole_topology_from_one_seed() {
     assert_eq!(list[0]["instances"], 3);
     assert_eq!(list[0]["reachable"], 3);
     let replica = &bed.cluster.servers[2];
-    let i = get_json(&p.url(&format!("/api/instance/{}/3306", replica.host)))
-        .await
-        .unwrap();
+    let i = get_json(&p.url(&format!("/api/instance/{}/3306", replica.host))).await.unwrap();
     assert_eq!(i["role"], "replica");
-    let by_member = get_json(&p.url(&format!("/api/cluster/{}", replica.key())))
-        .await
-        .unwrap();
+    let by_member = get_json(&p.url(&format!("/api/cluster/{}", replica.key()))).await.unwrap();
     assert_eq!(by_member["alias"], ALIAS);
 
     // Metrics count probes per instance.
-    let metrics = http_client()
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http_client().get(p.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(&format!(
-            "orchestrator_probes_total{{instance=\"{master}\",outcome=\"ok\"}}"
-        )),
+        metrics.contains(&format!("orchestrator_probes_total{{instance=\"{master}\",outcome=\"ok\"}}")),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("orchestrator_known_instances 3"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("orchestrator_known_instances 3"), "{metrics}");
 }
 
 #[tokio::test]
@@ -131,28 +111,15 @@ async fn api_errors_are_json_with_4xx_status() {
         assert!(msg.contains(needle), "{path}: {body}");
     }
     // Discovering an address nobody listens on fails with the reason, and is not kept.
-    let resp = client
-        .get(p.url("/api/discover/127.0.0.1/1"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(p.url("/api/discover/127.0.0.1/1")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 502);
     let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("cannot connect"),
-        "{body}"
-    );
-    let resp = client
-        .get(p.url("/api/instance/127.0.0.1/1"))
-        .send()
-        .await
-        .unwrap();
+    assert!(body["error"].as_str().unwrap().contains("cannot connect"), "{body}");
+    let resp = client.get(p.url("/api/instance/127.0.0.1/1")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     // Discovering a live instance answers with it.
     let replica = &bed.cluster.servers[1];
-    let i = get_json(&p.url(&format!("/api/discover/{}/3306", replica.host)))
-        .await
-        .unwrap();
+    let i = get_json(&p.url(&format!("/api/discover/{}/3306", replica.host))).await.unwrap();
     assert_eq!(i["key"], replica.key().as_str());
     assert_eq!(i["reachable"], true);
 }
@@ -164,50 +131,31 @@ async fn gtid_sets_match_what_the_servers_report() {
     let mut app = master.connect_as(APP_USER, APP_PASSWORD).await.unwrap();
     use mysql_async::prelude::Queryable;
     for id in 0..25 {
-        app.query_drop(format!("INSERT INTO app.writes (id) VALUES ({id})"))
-            .await
-            .unwrap();
+        app.query_drop(format!("INSERT INTO app.writes (id) VALUES ({id})")).await.unwrap();
     }
-    bed.cluster
-        .wait_replicated(Duration::from_secs(10))
-        .await
-        .unwrap();
-    let expected = master
-        .scalar("SELECT @@gtid_binlog_pos")
-        .await
-        .unwrap()
-        .unwrap();
+    bed.cluster.wait_replicated(Duration::from_secs(10)).await.unwrap();
+    let expected = master.scalar("SELECT @@gtid_binlog_pos").await.unwrap().unwrap();
     assert!(expected.starts_with("0-1-"), "{expected}");
     for s in &bed.cluster.servers {
-        assert_eq!(
-            s.scalar("SELECT @@gtid_binlog_pos").await.unwrap().unwrap(),
-            expected
-        );
+        assert_eq!(s.scalar("SELECT @@gtid_binlog_pos").await.unwrap().unwrap(), expected);
     }
     let url = bed.peers[1].url(&format!("/api/cluster/{ALIAS}"));
     let all_match = |c: &Value| {
         instances(c).len() == 3
-            && instances(c)
-                .iter()
-                .all(|i| i["last_probe"]["gtid_executed"] == expected.as_str())
+            && instances(c).iter().all(|i| i["last_probe"]["gtid_executed"] == expected.as_str())
     };
     let seen = match poll_json(&url, Duration::from_secs(5), all_match).await {
         Ok((c, _)) => c,
         Err(last) => panic!("expected every gtid_executed = {expected}, API says {last}"),
     };
     for r in &bed.cluster.servers[1..] {
-        let io_pos = r
-            .scalar("SELECT Gtid_IO_Pos FROM information_schema.SLAVE_STATUS")
-            .await;
+        let io_pos = r.scalar("SELECT Gtid_IO_Pos FROM information_schema.SLAVE_STATUS").await;
         let i = instance(&seen, &r.key());
         if let Ok(Some(io_pos)) = io_pos {
             assert_eq!(i["last_probe"]["replication"]["received"], io_pos.as_str());
         } else {
             // MariaDB before 10.5.2 lacks the table; SHOW SLAVE STATUS is what the prober reads.
-            assert_eq!(
-                i["last_probe"]["replication"]["received"],
-                expected.as_str()
-            );
+            assert_eq!(i["last_probe"]["replication"]["received"], expected.as_str());
         }
     }
 }
@@ -221,10 +169,7 @@ async fn stopped_sql_thread_and_killed_replica_show_up_quickly() {
 
     // A replica's SQL thread stopped by hand.
     let replica = bed.cluster.servers[1].key();
-    bed.cluster.servers[1]
-        .exec("STOP SLAVE SQL_THREAD")
-        .await
-        .unwrap();
+    bed.cluster.servers[1].exec("STOP SLAVE SQL_THREAD").await.unwrap();
     let stopped_at = Instant::now();
     let sql_stopped = |c: &Value| {
         let r = &instance(c, &replica)["last_probe"]["replication"];
@@ -233,14 +178,8 @@ async fn stopped_sql_thread_and_killed_replica_show_up_quickly() {
     let (_, shown) = poll_json(&url, Duration::from_secs(5), sql_stopped)
         .await
         .unwrap_or_else(|last| panic!("stopped SQL thread never shown: {last}"));
-    eprintln!(
-        "stopped SQL thread shown after {:?} (probe interval {interval:?})",
-        stopped_at.elapsed()
-    );
-    assert!(
-        shown <= 3 * interval,
-        "SQL thread stop took {shown:?} to show"
-    );
+    eprintln!("stopped SQL thread shown after {:?} (probe interval {interval:?})", stopped_at.elapsed());
+    assert!(shown <= 3 * interval, "SQL thread stop took {shown:?} to show");
 
     // A replica killed with SIGKILL.
     let victim = bed.cluster.servers[2].key();
@@ -248,20 +187,12 @@ async fn stopped_sql_thread_and_killed_replica_show_up_quickly() {
     let killed_at = Instant::now();
     let unreachable = |c: &Value| {
         let i = instance(c, &victim);
-        i["reachable"] == false
-            && i["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("cannot connect"))
+        i["reachable"] == false && i["last_error"].as_str().is_some_and(|e| e.contains("cannot connect"))
     };
-    poll_json(&url, 3 * interval, unreachable)
-        .await
-        .unwrap_or_else(|last| {
-            panic!("killed replica not shown unreachable within 3 probe intervals: {last}")
-        });
-    eprintln!(
-        "killed replica shown unreachable after {:?}",
-        killed_at.elapsed()
-    );
+    poll_json(&url, 3 * interval, unreachable).await.unwrap_or_else(|last| {
+        panic!("killed replica not shown unreachable within 3 probe intervals: {last}")
+    });
+    eprintln!("killed replica shown unreachable after {:?}", killed_at.elapsed());
     // It keeps its place in the cluster, and the others stay reachable.
     let c = get_json(&url).await.unwrap();
     assert_eq!(instance(&c, &victim)["role"], "replica");
@@ -296,10 +227,7 @@ async fn orchctl_prints_the_topology_over_grpc() {
     assert!(out.contains("peer 3"), "{out}");
     let (ok, out, _) = run(&["topology", ALIAS]);
     assert!(ok);
-    assert!(
-        out.contains("master") && out.contains("running/running"),
-        "{out}"
-    );
+    assert!(out.contains("master") && out.contains("running/running"), "{out}");
     let (ok, _, err) = run(&["topology", "nope"]);
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

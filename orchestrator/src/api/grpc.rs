@@ -19,10 +19,7 @@ impl OrchestratorService {
 
 #[tonic::async_trait]
 impl Orchestrator for OrchestratorService {
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         let s = &self.state;
         Ok(Response::new(pb::StatusReply {
             node_id: s.node_id,
@@ -81,8 +78,6 @@ impl Orchestrator for OrchestratorService {
             .discover(key.clone())
             .await
             .map_err(|e| Status::unavailable(format!("cannot discover {key}: {e}")))?;
-        Ok(Response::new(pb::DiscoverReply {
-            key: key.to_string(),
-        }))
+        Ok(Response::new(pb::DiscoverReply { key: key.to_string() }))
     }
 }

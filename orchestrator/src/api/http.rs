@@ -19,11 +19,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
     }
 }
 
@@ -45,15 +42,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/instance/{host}/{port}", get(instance))
         .route("/api/discover/{host}/{port}", get(discover))
         .route("/metrics", get(metrics))
+        .merge(super::raft::routes())
         .fallback(not_found)
         .with_state(state)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no such path: {}", uri.path()),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such path: {}", uri.path()))
 }
 
 #[derive(Serialize)]
@@ -94,20 +89,10 @@ impl From<&ClusterSnapshot> for ClusterSummary {
 }
 
 async fn clusters(State(state): State<AppState>) -> Json<Vec<ClusterSummary>> {
-    Json(
-        state
-            .store
-            .clusters()
-            .iter()
-            .map(ClusterSummary::from)
-            .collect(),
-    )
+    Json(state.store.clusters().iter().map(ClusterSummary::from).collect())
 }
 
-async fn cluster(
-    State(state): State<AppState>,
-    Path(alias): Path<String>,
-) -> ApiResult<ClusterSnapshot> {
+async fn cluster(State(state): State<AppState>, Path(alias): Path<String>) -> ApiResult<ClusterSnapshot> {
     state
         .store
         .cluster(&alias)
@@ -118,9 +103,7 @@ async fn cluster(
 fn instance_key(host: &str, port: &str) -> Result<InstanceKey, ApiError> {
     format!("{host}:{port}")
         .parse()
-        .map_err(|e: crate::topology::InstanceKeyError| {
-            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
-        })
+        .map_err(|e: crate::topology::InstanceKeyError| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn instance(
@@ -128,12 +111,11 @@ async fn instance(
     Path((host, port)): Path<(String, String)>,
 ) -> ApiResult<ClusterInstance> {
     let key = instance_key(&host, &port)?;
-    state.store.instance(&key).map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("instance {key} is not known"),
-        )
-    })
+    state
+        .store
+        .instance(&key)
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("instance {key} is not known")))
 }
 
 async fn discover(
@@ -141,33 +123,22 @@ async fn discover(
     Path((host, port)): Path<(String, String)>,
 ) -> ApiResult<ClusterInstance> {
     let key = instance_key(&host, &port)?;
-    state
-        .discovery
-        .discover(key.clone())
-        .await
-        .map(Json)
-        .map_err(|e| {
-            let status = match e {
-                ProbeError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            ApiError::new(status, format!("cannot discover {key}: {e}"))
-        })
+    state.discovery.discover(key.clone()).await.map(Json).map_err(|e| {
+        let status = match e {
+            ProbeError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, format!("cannot discover {key}: {e}"))
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
     )
 }
 
 async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("index.html"),
-    )
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("index.html"))
 }

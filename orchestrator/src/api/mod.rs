@@ -4,6 +4,7 @@
 mod grpc;
 mod http;
 mod pb;
+mod raft;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use crate::discovery::{DiscoveryHandle, TopologyStore};
 use crate::metrics::Metrics;
+use crate::raft::RaftNode;
 
 /// What every handler reads.
 #[derive(Clone)]
@@ -21,6 +23,9 @@ pub struct AppState {
     pub store: Arc<TopologyStore>,
     pub discovery: DiscoveryHandle,
     pub metrics: Arc<Metrics>,
+    pub raft: Arc<RaftNode>,
+    /// For forwarding requests to other peers.
+    pub http_client: reqwest::Client,
 }
 
 /// The HTTP routes and the gRPC services as one router.
@@ -30,10 +35,7 @@ pub fn router(state: AppState) -> axum::Router {
     );
     // The HTTP router (with its JSON 404 fallback) is the base; gRPC paths are added
     // to it, so unknown paths keep answering JSON.
-    tonic::service::Routes::from(http::router(state))
-        .add_service(service)
-        .prepare()
-        .into_axum_router()
+    tonic::service::Routes::from(http::router(state)).add_service(service).prepare().into_axum_router()
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.
@@ -42,7 +44,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

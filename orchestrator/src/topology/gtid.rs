@@ -58,17 +58,14 @@ impl IntervalSet {
         // First interval that overlaps or touches [lo, hi] from the left...
         let start = self.ivs.partition_point(|&(_, h)| h.saturating_add(1) < lo);
         // ...and one past the last interval that overlaps or touches it from the right.
-        let end = self
-            .ivs
-            .partition_point(|&(l, _)| l <= hi.saturating_add(1));
+        let end = self.ivs.partition_point(|&(l, _)| l <= hi.saturating_add(1));
         if start == end {
             self.ivs.insert(start, (lo, hi));
             return;
         }
         let new_lo = lo.min(self.ivs[start].0);
         let new_hi = hi.max(self.ivs[end - 1].1);
-        self.ivs
-            .splice(start..end, std::iter::once((new_lo, new_hi)));
+        self.ivs.splice(start..end, std::iter::once((new_lo, new_hi)));
     }
 
     /// Numbers in `self` or in `o`.
@@ -178,9 +175,7 @@ impl IntervalSet {
 
     /// How many numbers the set holds (saturating at `u64::MAX`).
     pub fn count(&self) -> u64 {
-        self.ivs.iter().fold(0u64, |acc, &(lo, hi)| {
-            acc.saturating_add((hi - lo).saturating_add(1))
-        })
+        self.ivs.iter().fold(0u64, |acc, &(lo, hi)| acc.saturating_add((hi - lo).saturating_add(1)))
     }
 
     /// The highest number in the set.
@@ -250,9 +245,7 @@ pub enum GtidParseError {
         reason: &'static str,
     },
     /// A MySQL source UUID is malformed.
-    #[error(
-        "invalid GTID set `{input}`: bad uuid `{uuid}` (expected 8-4-4-4-12 hexadecimal digits)"
-    )]
+    #[error("invalid GTID set `{input}`: bad uuid `{uuid}` (expected 8-4-4-4-12 hexadecimal digits)")]
     BadUuid {
         /// The whole input (shortened when very long).
         input: String,
@@ -421,10 +414,7 @@ fn classify(part: &str) -> Option<ElementKind> {
         } else {
             Some(ElementKind::MySql)
         }
-    } else if part.contains('-')
-        && part
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '-' || c.is_whitespace())
+    } else if part.contains('-') && part.chars().all(|c| c.is_ascii_digit() || c == '-' || c.is_whitespace())
     {
         Some(ElementKind::MariaDbTriple)
     } else {
@@ -534,10 +524,7 @@ impl GtidSet {
         let mut pieces = part.split(':');
         let raw_uuid = pieces.next().unwrap_or_default().trim();
         if !is_uuid(raw_uuid) {
-            return Err(GtidParseError::BadUuid {
-                input: shorten(input),
-                uuid: raw_uuid.to_string(),
-            });
+            return Err(GtidParseError::BadUuid { input: shorten(input), uuid: raw_uuid.to_string() });
         }
         let uuid = raw_uuid.to_ascii_lowercase();
         let mut tag: Option<String> = None;
@@ -545,10 +532,7 @@ impl GtidSet {
         let mut has_interval = false;
         for piece in pieces {
             let piece = piece.trim();
-            let starts_tag = piece
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            let starts_tag = piece.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
             if starts_tag {
                 if let (Some(prev), false) = (&tag, has_interval) {
                     return Err(GtidParseError::BadTag {
@@ -572,23 +556,15 @@ impl GtidSet {
                     interval: piece.to_string(),
                     reason,
                 })?;
-                self.insert_interval(
-                    GtidSource::Uuid {
-                        uuid: uuid.clone(),
-                        tag: tag.clone(),
-                    },
-                    iv,
-                );
+                self.insert_interval(GtidSource::Uuid { uuid: uuid.clone(), tag: tag.clone() }, iv);
                 has_interval = true;
             }
         }
         if !has_interval {
             return Err(match tag {
-                Some(tag) => GtidParseError::BadTag {
-                    input: shorten(input),
-                    tag,
-                    reason: "no intervals after tag",
-                },
+                Some(tag) => {
+                    GtidParseError::BadTag { input: shorten(input), tag, reason: "no intervals after tag" }
+                }
                 None => GtidParseError::BadElement {
                     input: shorten(input),
                     element: part.to_string(),
@@ -746,19 +722,12 @@ impl GtidSet {
 
     /// True when every transaction of `self` is in `other`.
     pub fn is_subset_of(&self, other: &Self) -> bool {
-        self.sets.iter().all(|(src, ivs)| {
-            other
-                .sets
-                .get(src)
-                .is_some_and(|theirs| ivs.is_subset_of(theirs))
-        })
+        self.sets.iter().all(|(src, ivs)| other.sets.get(src).is_some_and(|theirs| ivs.is_subset_of(theirs)))
     }
 
     /// Number of transactions in the set (saturating at `u64::MAX`).
     pub fn transaction_count(&self) -> u64 {
-        self.sets
-            .values()
-            .fold(0u64, |acc, ivs| acc.saturating_add(ivs.count()))
+        self.sets.values().fold(0u64, |acc, ivs| acc.saturating_add(ivs.count()))
     }
 
     /// The sources and their (non-empty) transaction numbers, in canonical order.
@@ -768,9 +737,7 @@ impl GtidSet {
 
     /// For MariaDB domains: the highest seq per domain (what `0-1-100` says), None for the domain if absent.
     pub fn domain_position(&self, domain: u32) -> Option<u64> {
-        self.sets
-            .get(&GtidSource::Domain(domain))
-            .and_then(IntervalSet::max)
+        self.sets.get(&GtidSource::Domain(domain)).and_then(IntervalSet::max)
     }
 
     /// For MariaDB domains: the server_id of the domain's highest transaction, when known.
@@ -780,11 +747,7 @@ impl GtidSet {
 
     /// True when non-empty and all sources are MariaDB domains.
     pub fn is_mariadb(&self) -> bool {
-        !self.sets.is_empty()
-            && self
-                .sets
-                .keys()
-                .all(|src| matches!(src, GtidSource::Domain(_)))
+        !self.sets.is_empty() && self.sets.keys().all(|src| matches!(src, GtidSource::Domain(_)))
     }
 }
 
@@ -890,10 +853,7 @@ mod tests {
     }
 
     fn uuid_src(uuid: &str, tag: Option<&str>) -> GtidSource {
-        GtidSource::Uuid {
-            uuid: uuid.to_string(),
-            tag: tag.map(str::to_string),
-        }
+        GtidSource::Uuid { uuid: uuid.to_string(), tag: tag.map(str::to_string) }
     }
 
     // ---------- parsing and display (table tests) ----------
@@ -907,14 +867,8 @@ mod tests {
             (format!("{U1}:1-5:7-9"), format!("{U1}:1-5:7-9")),
             (format!("{upper}:1-5:7-9"), format!("{U1}:1-5:7-9")),
             // @@gtid_executed with newlines after commas, sources out of order.
-            (
-                format!("{U2}:1-100,\n{upper}:1-5:7-9"),
-                format!("{U1}:1-5:7-9,{U2}:1-100"),
-            ),
-            (
-                format!("{U1}:1-5,\r\n  {U2}:3\n"),
-                format!("{U1}:1-5,{U2}:3"),
-            ),
+            (format!("{U2}:1-100,\n{upper}:1-5:7-9"), format!("{U1}:1-5:7-9,{U2}:1-100")),
+            (format!("{U1}:1-5,\r\n  {U2}:3\n"), format!("{U1}:1-5,{U2}:3")),
             // Same uuid across elements, overlapping / adjacent / singletons.
             (format!("{U1}:1-3,{U1}:4-6"), format!("{U1}:1-6")),
             (format!("{U1}:7:7-7"), format!("{U1}:7")),
@@ -925,14 +879,8 @@ mod tests {
             (format!("{U1}:1-5:tag1:3-4"), format!("{U1}:1-5:tag1:3-4")),
             (format!("{U1}:TAG_1:3-4:6"), format!("{U1}:tag_1:3-4:6")),
             (format!("{U1}:_x:1"), format!("{U1}:_x:1")),
-            (
-                format!("{U1}:zz:1:aa:2,{U1}:5"),
-                format!("{U1}:5:aa:2:zz:1"),
-            ),
-            (
-                format!("{U2}:t:1,{U1}:t:1-2:3"),
-                format!("{U1}:t:1-3,{U2}:t:1"),
-            ),
+            (format!("{U1}:zz:1:aa:2,{U1}:5"), format!("{U1}:5:aa:2:zz:1")),
+            (format!("{U2}:t:1,{U1}:t:1-2:3"), format!("{U1}:t:1-3,{U2}:t:1")),
             (format!("{U1}:Tag:1,{U1}:tag:2"), format!("{U1}:tag:1-2")),
             // MariaDB.
             ("0-1-100".into(), "0-1-100".into()),
@@ -975,16 +923,10 @@ mod tests {
     #[test]
     fn parse_structure_of_tagged_set() {
         let set = p(&format!("{}:1-5:Tag1:3-4", U1.to_ascii_uppercase()));
-        let sources: Vec<_> = set
-            .sources()
-            .map(|(s, ivs)| (s.clone(), ivs.intervals().to_vec()))
-            .collect();
+        let sources: Vec<_> = set.sources().map(|(s, ivs)| (s.clone(), ivs.intervals().to_vec())).collect();
         assert_eq!(
             sources,
-            vec![
-                (uuid_src(U1, None), vec![(1, 5)]),
-                (uuid_src(U1, Some("tag1")), vec![(3, 4)]),
-            ]
+            vec![(uuid_src(U1, None), vec![(1, 5)]), (uuid_src(U1, Some("tag1")), vec![(3, 4)]),]
         );
         assert_eq!(set.transaction_count(), 7);
         assert!(!set.is_mariadb());
@@ -1014,26 +956,11 @@ mod tests {
         assert_eq!(GtidSet::parse_mariadb(" "), Ok(GtidSet::new()));
 
         let e = GtidSet::parse_mysql("0-1-100").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "invalid GTID set `0-1-100`: element `0-1-100` is not a MySQL GTID"
-        );
+        assert_eq!(e, "invalid GTID set `0-1-100`: element `0-1-100` is not a MySQL GTID");
         let e = GtidSet::parse_mysql("0:5").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                GtidParseError::WrongForm {
-                    expected: "MySQL",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, GtidParseError::WrongForm { expected: "MySQL", .. }), "{e}");
         let e = GtidSet::parse_mariadb(&mysql).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            format!("invalid GTID set `{mysql}`: element `{mysql}` is not a MariaDB GTID")
-        );
+        assert_eq!(e, format!("invalid GTID set `{mysql}`: element `{mysql}` is not a MariaDB GTID"));
     }
 
     #[test]
@@ -1169,29 +1096,18 @@ mod tests {
     fn error_variants_and_long_input_is_shortened() {
         assert!(matches!(
             GtidSet::parse(&format!("{U1}:5-3")),
-            Err(GtidParseError::BadInterval {
-                reason: "start after end",
-                ..
-            })
+            Err(GtidParseError::BadInterval { reason: "start after end", .. })
         ));
-        assert!(matches!(
-            GtidSet::parse("zz:1"),
-            Err(GtidParseError::BadUuid { .. })
-        ));
+        assert!(matches!(GtidSet::parse("zz:1"), Err(GtidParseError::BadUuid { .. })));
         let long = format!("{}{U1}:5-3", format!("{U2}:1,").repeat(20));
         let e = GtidSet::parse(&long).unwrap_err();
-        let GtidParseError::BadInterval {
-            input, interval, ..
-        } = &e
-        else {
+        let GtidParseError::BadInterval { input, interval, .. } = &e else {
             panic!("unexpected error {e:?}");
         };
         assert!(input.ends_with("..."), "{input}");
         assert_eq!(input.chars().count(), MAX_INPUT_IN_ERROR + 3);
         assert_eq!(interval, "5-3");
-        assert!(e
-            .to_string()
-            .contains("bad interval `5-3` (start after end)"));
+        assert!(e.to_string().contains("bad interval `5-3` (start after end)"));
     }
 
     // ---------- algebra examples ----------
@@ -1216,10 +1132,7 @@ mod tests {
         let tagged = p(&format!("{U1}:t:1-5"));
         assert!(!untagged.is_subset_of(&tagged));
         assert!(untagged.intersection(&tagged).is_empty());
-        assert_eq!(
-            untagged.union(&tagged).to_string(),
-            format!("{U1}:1-5:t:1-5")
-        );
+        assert_eq!(untagged.union(&tagged).to_string(), format!("{U1}:1-5:t:1-5"));
         assert_eq!(tagged.subtract(&untagged), tagged);
 
         // Replica missing a purged range in the middle.
@@ -1266,10 +1179,7 @@ mod tests {
         // tie: self's.
         assert_eq!(p("0-1-10").union(&p("0-2-10")).to_string(), "0-1-10");
         // intersection takes it from the side whose max survives.
-        assert_eq!(
-            p("0-1-100").intersection(&p("0-2-90")).to_string(),
-            "0-2-90"
-        );
+        assert_eq!(p("0-1-100").intersection(&p("0-2-90")).to_string(), "0-2-90");
         // subtraction that lowers the max loses the server_id.
         let s = p("0-5-100").subtract(&p("0:50-100"));
         assert_eq!(s.to_string(), "0-0-49");
@@ -1379,16 +1289,9 @@ mod tests {
     }
 
     fn mysql_set() -> impl Strategy<Value = GtidSet> {
-        prop::collection::vec((0usize..3, 0usize..3, interval_set_strategy()), 0..5).prop_map(
-            |entries| {
-                build(
-                    entries
-                        .into_iter()
-                        .map(|(u, t, ivs)| (uuid_src(UUIDS[u], TAGS[t]), ivs, 0))
-                        .collect(),
-                )
-            },
-        )
+        prop::collection::vec((0usize..3, 0usize..3, interval_set_strategy()), 0..5).prop_map(|entries| {
+            build(entries.into_iter().map(|(u, t, ivs)| (uuid_src(UUIDS[u], TAGS[t]), ivs, 0)).collect())
+        })
     }
 
     fn mariadb_set() -> impl Strategy<Value = GtidSet> {
@@ -1402,12 +1305,7 @@ mod tests {
             }),
         ];
         prop::collection::vec((0u32..3, domain_ivs, 1u32..4), 0..4).prop_map(|entries| {
-            build(
-                entries
-                    .into_iter()
-                    .map(|(d, ivs, sid)| (GtidSource::Domain(d), ivs, sid))
-                    .collect(),
-            )
+            build(entries.into_iter().map(|(d, ivs, sid)| (GtidSource::Domain(d), ivs, sid)).collect())
         })
     }
 
@@ -1418,11 +1316,7 @@ mod tests {
 
     /// Any mix: the algebra does not care about flavours.
     fn any_set() -> impl Strategy<Value = GtidSet> {
-        prop_oneof![
-            mysql_set(),
-            mariadb_set(),
-            (mysql_set(), mariadb_set()).prop_map(|(a, b)| a.union(&b)),
-        ]
+        prop_oneof![mysql_set(), mariadb_set(), (mysql_set(), mariadb_set()).prop_map(|(a, b)| a.union(&b)),]
     }
 
     fn check_invariants(ivs: &[(u64, u64)]) -> Result<(), TestCaseError> {
@@ -1430,19 +1324,13 @@ mod tests {
             prop_assert!(lo <= hi, "interval {lo}-{hi} inverted in {ivs:?}");
         }
         for w in ivs.windows(2) {
-            prop_assert!(
-                w[0].1.saturating_add(1) < w[1].0,
-                "not sorted/disjoint/non-adjacent: {ivs:?}"
-            );
+            prop_assert!(w[0].1.saturating_add(1) < w[1].0, "not sorted/disjoint/non-adjacent: {ivs:?}");
         }
         Ok(())
     }
 
     fn expand(ivs: &IntervalSet) -> BTreeSet<u64> {
-        ivs.intervals()
-            .iter()
-            .flat_map(|&(lo, hi)| lo..=hi)
-            .collect()
+        ivs.intervals().iter().flat_map(|&(lo, hi)| lo..=hi).collect()
     }
 
     proptest! {

@@ -23,10 +23,7 @@ pub struct InstanceKey {
 
 impl InstanceKey {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-        }
+        Self { host: host.into(), port }
     }
 }
 
@@ -48,19 +45,12 @@ impl FromStr for InstanceKey {
     type Err = InstanceKeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| InstanceKeyError {
-            input: s.to_string(),
-            reason,
-        };
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| err("expected host:port"))?;
+        let err = |reason| InstanceKeyError { input: s.to_string(), reason };
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| err("expected host:port"))?;
         if host.is_empty() {
             return Err(err("empty host"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| err("port is not a number 1-65535"))?;
+        let port: u16 = port.parse().map_err(|_| err("port is not a number 1-65535"))?;
         if port == 0 {
             return Err(err("port is not a number 1-65535"));
         }
@@ -250,10 +240,7 @@ impl InstanceState {
 
     /// The master this instance replicates from, per its last successful probe.
     pub fn source(&self) -> Option<&InstanceKey> {
-        self.last_probe
-            .as_ref()
-            .and_then(|p| p.replication.as_ref())
-            .map(|r| &r.source)
+        self.last_probe.as_ref().and_then(|p| p.replication.as_ref()).map(|r| &r.source)
     }
 }
 
@@ -312,10 +299,7 @@ pub fn build_clusters(
 ) -> Vec<ClusterSnapshot> {
     let mut members: BTreeMap<InstanceKey, Vec<InstanceKey>> = BTreeMap::new();
     for key in instances.keys() {
-        members
-            .entry(root_of(key, instances))
-            .or_default()
-            .push(key.clone());
+        members.entry(root_of(key, instances)).or_default().push(key.clone());
     }
     let mut clusters: Vec<ClusterSnapshot> = members
         .into_iter()
@@ -339,12 +323,7 @@ pub fn build_clusters(
                     ClusterInstance { role, state }
                 })
                 .collect();
-            ClusterSnapshot {
-                alias,
-                master: root,
-                instances,
-                taken_unix_ms,
-            }
+            ClusterSnapshot { alias, master: root, instances, taken_unix_ms }
         })
         .collect();
     clusters.sort_by(|a, b| a.alias.cmp(&b.alias));
@@ -356,20 +335,14 @@ fn root_of(key: &InstanceKey, instances: &BTreeMap<InstanceKey, InstanceState>) 
     let mut seen: BTreeSet<&InstanceKey> = BTreeSet::from([key]);
     let mut current = key;
     loop {
-        let next = instances
-            .get(current)
-            .and_then(InstanceState::source)
-            .filter(|s| instances.contains_key(*s));
+        let next =
+            instances.get(current).and_then(InstanceState::source).filter(|s| instances.contains_key(*s));
         match next {
             None => return current.clone(),
             Some(next) if seen.contains(next) => {
                 // A cycle: every member of it is equally a master; pick the smallest.
                 let start = path.iter().position(|k| *k == next).unwrap_or(0);
-                return path[start..]
-                    .iter()
-                    .min()
-                    .map(|k| (*k).clone())
-                    .unwrap_or_else(|| next.clone());
+                return path[start..].iter().min().map(|k| (*k).clone()).unwrap_or_else(|| next.clone());
             }
             Some(next) => {
                 seen.insert(next);
@@ -432,10 +405,7 @@ mod tests {
                 (
                     c.alias.clone(),
                     c.master.to_string(),
-                    c.instances
-                        .iter()
-                        .map(|i| (i.state.key.to_string(), i.role))
-                        .collect(),
+                    c.instances.iter().map(|i| (i.state.key.to_string(), i.role)).collect(),
                 )
             })
             .collect()
@@ -453,27 +423,15 @@ mod tests {
 
     #[test]
     fn flavor_detection() {
-        assert_eq!(
-            Flavor::detect("10.11.19-MariaDB-0+deb12u1", "Debian 12"),
-            Flavor::MariaDb
-        );
-        assert_eq!(
-            Flavor::detect("8.0.36-28", "Percona Server (GPL), Release 28"),
-            Flavor::Percona
-        );
-        assert_eq!(
-            Flavor::detect("8.4.2", "MySQL Community Server - GPL"),
-            Flavor::MySql
-        );
+        assert_eq!(Flavor::detect("10.11.19-MariaDB-0+deb12u1", "Debian 12"), Flavor::MariaDb);
+        assert_eq!(Flavor::detect("8.0.36-28", "Percona Server (GPL), Release 28"), Flavor::Percona);
+        assert_eq!(Flavor::detect("8.4.2", "MySQL Community Server - GPL"), Flavor::MySql);
     }
 
     #[test]
     fn thread_states() {
         assert_eq!(ThreadState::from_status("Yes"), ThreadState::Running);
-        assert_eq!(
-            ThreadState::from_status("Connecting"),
-            ThreadState::Connecting
-        );
+        assert_eq!(ThreadState::from_status("Connecting"), ThreadState::Connecting);
         assert_eq!(ThreadState::from_status("No"), ThreadState::Stopped);
         assert_eq!(ThreadState::from_status(""), ThreadState::Stopped);
     }
@@ -533,10 +491,7 @@ mod tests {
     #[test]
     fn never_probed_instance_is_its_own_cluster_with_unknown_role_unless_referenced() {
         // A replica whose master was never probed: the master is root (referenced and known).
-        let states = map(vec![
-            InstanceState::new(key("a:1")),
-            probed("b:1", Some("a:1")),
-        ]);
+        let states = map(vec![InstanceState::new(key("a:1")), probed("b:1", Some("a:1"))]);
         let clusters = build_clusters(&states, &[], 0);
         assert_eq!(clusters.len(), 1);
         assert_eq!(clusters[0].instances[0].role, Role::Master);
@@ -547,11 +502,8 @@ mod tests {
 
     #[test]
     fn co_masters_pick_the_smallest_key() {
-        let states = map(vec![
-            probed("b:1", Some("a:1")),
-            probed("a:1", Some("b:1")),
-            probed("c:1", Some("b:1")),
-        ]);
+        let states =
+            map(vec![probed("b:1", Some("a:1")), probed("a:1", Some("b:1")), probed("c:1", Some("b:1"))]);
         let clusters = build_clusters(&states, &[], 0);
         assert_eq!(clusters.len(), 1);
         assert_eq!(clusters[0].master, key("a:1"));

@@ -54,20 +54,12 @@ fn read_state(dir: &Path) -> Option<SandboxState> {
     serde_json::from_str(&text).ok()
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie counts as dead. The state is the first field after the `(comm)` one.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        state.is_some_and(|s| !s.starts_with('Z'))
-    })
-}
+use orch_tests::process::pid_alive as alive;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let dir = args
-        .dir
-        .unwrap_or_else(|| workspace_root().join(".sandbox"));
+    let dir = args.dir.unwrap_or_else(|| workspace_root().join(".sandbox"));
     let result = match args.command {
         Cmd::Up => up(&dir).await,
         Cmd::Status => status(&dir).await,
@@ -81,12 +73,7 @@ async fn main() {
 
 async fn up(dir: &Path) -> anyhow::Result<()> {
     if let Some(state) = read_state(dir) {
-        if state
-            .mariadbd_pids
-            .iter()
-            .chain(&state.peer_pids)
-            .any(|p| alive(*p))
-        {
+        if state.mariadbd_pids.iter().chain(&state.peer_pids).any(|p| alive(*p)) {
             println!("sandbox is already up ({}).", dir.display());
             return status(dir).await;
         }
@@ -95,18 +82,11 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
     let block = HostBlock::reserve_fixed(PREFIX, HOSTS)?;
     let hosts = block.hosts();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    println!(
-        "starting 3 MariaDB servers on {} (port 3306) ...",
-        hosts.join(", ")
-    );
+    println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
     let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached)
         .await
         .context("starting MariaDB")?;
-    println!(
-        "replication: {} is master, {} replicate with GTID",
-        hosts[0],
-        hosts[1..].join(" and ")
-    );
+    println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
     println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
     let spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
     let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached)
@@ -114,11 +94,7 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         .context("starting orchestrator peers")?;
     let state = SandboxState {
         hosts: hosts.clone(),
-        mariadbd_pids: cluster
-            .servers
-            .iter_mut()
-            .filter_map(|s| s.detach())
-            .collect(),
+        mariadbd_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
         peer_pids: peers.iter_mut().filter_map(|p| p.detach()).collect(),
     };
     std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
@@ -141,45 +117,25 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("sandbox is down (no {}).", state_path(dir).display());
         return Ok(());
     };
-    println!(
-        "{:<12} {:<22} {:<22}",
-        "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000"
-    );
+    println!("{:<12} {:<22} {:<22}", "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000");
     for (i, host) in state.hosts.iter().enumerate() {
         let show = |pid: Option<&u32>| match pid {
             Some(p) if alive(*p) => format!("running (pid {p})"),
             Some(p) => format!("DOWN (was pid {p})"),
             None => "-".into(),
         };
-        println!(
-            "{host:<12} {:<22} {:<22}",
-            show(state.mariadbd_pids.get(i)),
-            show(state.peer_pids.get(i))
-        );
+        println!("{host:<12} {:<22} {:<22}", show(state.mariadbd_pids.get(i)), show(state.peer_pids.get(i)));
     }
     println!();
     println!("web UI:        http://{}:3000/", state.hosts[0]);
-    println!(
-        "clusters:      curl http://{}:3000/api/clusters",
-        state.hosts[0]
-    );
-    println!(
-        "topology:      curl http://{}:3000/api/cluster/{ALIAS}",
-        state.hosts[0]
-    );
+    println!("clusters:      curl http://{}:3000/api/clusters", state.hosts[0]);
+    println!("topology:      curl http://{}:3000/api/cluster/{ALIAS}", state.hosts[0]);
     println!("metrics:       curl http://{}:3000/metrics", state.hosts[0]);
-    println!(
-        "mysql:         mariadb -h {} -u app -papp-pass app",
-        state.hosts[0]
-    );
+    println!("mysql:         mariadb -h {} -u app -papp-pass app", state.hosts[0]);
     println!("logs and data: {}", dir.display());
     println!();
-    let live_peer = state
-        .hosts
-        .iter()
-        .zip(&state.peer_pids)
-        .find(|(_, pid)| alive(**pid))
-        .map(|(h, _)| h.clone());
+    let live_peer =
+        state.hosts.iter().zip(&state.peer_pids).find(|(_, pid)| alive(**pid)).map(|(h, _)| h.clone());
     let Some(host) = live_peer else {
         println!("no orchestrator peer is running.");
         return Ok(());
@@ -201,12 +157,7 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = read_state(dir);
     if let Some(state) = &state {
-        let pids: Vec<u32> = state
-            .peer_pids
-            .iter()
-            .chain(&state.mariadbd_pids)
-            .copied()
-            .collect();
+        let pids: Vec<u32> = state.peer_pids.iter().chain(&state.mariadbd_pids).copied().collect();
         for pid in &pids {
             // SAFETY: plain kill(2) on processes this sandbox started.
             unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
@@ -221,20 +172,11 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         }
     }
     kill_recorded(
-        &orch_tests::hosts::testbed_root()
-            .join("blocks")
-            .join(format!("127.{}.{}", PREFIX[0], PREFIX[1])),
+        &orch_tests::hosts::testbed_root().join("blocks").join(format!("127.{}.{}", PREFIX[0], PREFIX[1])),
     );
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
-    println!(
-        "sandbox is down{}.",
-        if state.is_some() {
-            "; data removed"
-        } else {
-            " (nothing was running)"
-        }
-    );
+    println!("sandbox is down{}.", if state.is_some() { "; data removed" } else { " (nothing was running)" });
     Ok(())
 }

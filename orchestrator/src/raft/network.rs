@@ -1,0 +1,153 @@
+//! The client side of peer-to-peer Raft traffic: one lazily connected tonic channel per
+//! target peer, each call bounded by the deadline openraft gives it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use orch_proto::raft::raft_client::RaftClient;
+use orch_proto::raft::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, PeerNode, TypeConfig};
+
+/// How long opening a TCP connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A lazily connected gRPC client of the peer at `address` (`host:10008`), its
+/// connections leaving from `source` when given: this host's own address, so that
+/// traffic between simulated hosts on one machine is told apart (and can be cut).
+pub fn peer_channel(
+    address: &str,
+    connect_timeout: Duration,
+    source: Option<IpAddr>,
+) -> Option<RaftClient<Channel>> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .ok()
+        .map(|e| e.connect_timeout(connect_timeout).tcp_nodelay(true).local_address(source).connect_lazy())
+        .map(RaftClient::new)
+}
+
+/// An HTTP client for talking to other peers' APIs, leaving from `source` when given.
+pub fn peer_http_client(source: Option<IpAddr>, timeout: Duration) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+    if let Some(ip) = source {
+        builder = builder.local_address(ip);
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// Makes a [`PeerClient`] per target; openraft asks for one per replication stream.
+#[derive(Clone, Default)]
+pub struct PeerNetworkFactory {
+    pub source: Option<IpAddr>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
+        PeerClient::new(target, &node.raft, self.source)
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    address: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl PeerClient {
+    pub fn new(target: NodeId, address: &str, source: Option<IpAddr>) -> Self {
+        let client = peer_channel(address, CONNECT_TIMEOUT, source);
+        Self { target, address: address.to_string(), client }
+    }
+
+    /// Sends one request and decodes `Result<Resp, E>` from the answer.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        which: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            let e = std::io::Error::other(format!("invalid peer address `{}`", self.address));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        let payload = serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = tonic::Request::new(RaftPayload { payload });
+        req.set_timeout(option.hard_ttl());
+        let answer = match which {
+            Rpc::AppendEntries => client.append_entries(req).await,
+            Rpc::Vote => client.vote(req).await,
+            Rpc::InstallSnapshot => client.install_snapshot(req).await,
+        };
+        let answer = answer.map_err(|status| {
+            let e = std::io::Error::other(format!(
+                "peer {} at {}: {}: {}",
+                self.target,
+                self.address,
+                status.code(),
+                status.message()
+            ));
+            match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            }
+        })?;
+        let decoded: Result<Resp, E> = serde_json::from_slice(&answer.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

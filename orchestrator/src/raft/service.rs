@@ -1,0 +1,113 @@
+//! The server side of peer-to-peer traffic on port 10008: Raft RPCs handed to openraft,
+//! and `PeerView`, which lets the leader ask this peer what it sees.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::Raft;
+use orch_proto::raft::raft_server::Raft as RaftRpc;
+use orch_proto::raft::{PeerViewReply, PeerViewRequest, PingReply, PingRequest, RaftPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::{NodeId, TypeConfig};
+use crate::discovery::TopologyStore;
+use crate::topology::InstanceKey;
+
+/// When this peer last heard from a leader (an AppendEntries it accepted).
+#[derive(Default)]
+pub struct LeaderContact {
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(Instant::now());
+        }
+    }
+
+    pub fn last(&self) -> Option<Instant> {
+        self.last.lock().ok().and_then(|l| *l)
+    }
+}
+
+pub struct RaftService {
+    node_id: NodeId,
+    raft: Raft<TypeConfig>,
+    contact: Arc<LeaderContact>,
+    topology: Arc<TopologyStore>,
+}
+
+impl RaftService {
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft<TypeConfig>,
+        contact: Arc<LeaderContact>,
+        topology: Arc<TopologyStore>,
+    ) -> Self {
+        Self { node_id, raft, contact, topology }
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&request.into_inner().payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    serde_json::to_vec(value)
+        .map(|payload| Response::new(RaftPayload { payload }))
+        .map_err(|e| Status::internal(format!("cannot encode Raft answer: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.append_entries(decode(request)?).await;
+        if matches!(&result, Ok(r) if r.is_success()) {
+            self.contact.touch();
+        }
+        encode(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.raft.vote(decode(request)?).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.install_snapshot(decode(request)?).await;
+        if result.is_ok() {
+            self.contact.touch();
+        }
+        encode(&result)
+    }
+
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        Ok(Response::new(PingReply {
+            node_id: self.node_id,
+            term: self.raft.metrics().borrow().current_term,
+        }))
+    }
+
+    async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {
+        let wanted = request.into_inner().instance;
+        let states: Vec<_> = if wanted.is_empty() {
+            self.topology
+                .known_keys()
+                .iter()
+                .filter_map(|k| self.topology.instance(k))
+                .map(|i| i.state)
+                .collect()
+        } else {
+            let key: InstanceKey = wanted
+                .parse()
+                .map_err(|e: crate::topology::InstanceKeyError| Status::invalid_argument(e.to_string()))?;
+            self.topology.instance(&key).map(|i| i.state).into_iter().collect()
+        };
+        let instances_json =
+            serde_json::to_vec(&states).map_err(|e| Status::internal(format!("cannot encode view: {e}")))?;
+        Ok(Response::new(PeerViewReply { node_id: self.node_id, instances_json }))
+    }
+}

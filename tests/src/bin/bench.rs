@@ -1,0 +1,177 @@
+//! `bench`: benchmarks that print figures (never timed tests).
+//!
+//! `bench raft`: leader-loss-to-new-leader time over N rounds of `kill -9` of the
+//! leader at a random moment, commands committed per second through the leader, and
+//! the peers' resident memory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orch_tests::peer::http_client;
+use orch_tests::raft::{note, raft_state, rss_kib, wait_agreed_leader};
+use orch_tests::PeerBed;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks of the orchestrator (figures, not pass/fail)")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Raft leader failover time, write throughput and memory.
+    Raft {
+        /// Peers in the group (3, 5 or 7).
+        #[arg(long, default_value_t = 3)]
+        peers: u8,
+        /// Leader kills to measure.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Seconds of each throughput run.
+        #[arg(long, default_value_t = 3)]
+        write_seconds: u64,
+    },
+}
+
+/// Small xorshift generator: random kill moments without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(t | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Cmd::Raft { peers, rounds, write_seconds } => raft(peers, rounds, write_seconds).await,
+    }
+}
+
+async fn raft(n: u8, rounds: usize, write_seconds: u64) -> anyhow::Result<()> {
+    let mut bed = PeerBed::start(n, |_| {}).await.context("starting peers")?;
+    let all: Vec<_> = bed.peers.iter().collect();
+    wait_agreed_leader(&all, Duration::from_secs(15)).await?;
+    println!("raft benchmark: {n} peers on loopback, heartbeat 50 ms, election timeout 150-300 ms");
+    let mut rng = Rng::seeded();
+    let mut samples = Vec::new();
+    for round in 1..=rounds {
+        let running: Vec<_> = bed.running();
+        let leader = wait_agreed_leader(&running, Duration::from_secs(15)).await?;
+        let old_term = raft_state(bed.peer(leader)).await?["term"].as_u64().unwrap_or(0);
+        // Kill at a random moment relative to the heartbeat cycle.
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        let killed_at = Instant::now();
+        bed.peer_mut(leader).kill();
+        let survivors: Vec<_> = bed.running();
+        let took = loop {
+            let mut elected = false;
+            for p in &survivors {
+                if let Ok(s) = raft_state(p).await {
+                    if s["role"] == "leader" && s["term"].as_u64().unwrap_or(0) > old_term {
+                        elected = true;
+                    }
+                }
+            }
+            if elected {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(15) {
+                anyhow::bail!("round {round}: no new leader within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        println!("round {round:>2}: leader {leader} killed, new leader after {}", ms(took));
+        samples.push(took);
+        bed.peer_mut(leader).spawn()?;
+        bed.peer(leader).wait_healthy(Duration::from_secs(15)).await?;
+        let all: Vec<_> = bed.peers.iter().collect();
+        wait_agreed_leader(&all, Duration::from_secs(15)).await?;
+    }
+    samples.sort();
+    println!();
+    println!(
+        "leader loss -> new leader over {} rounds: p50 {}  p99 {}  max {}",
+        samples.len(),
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 1.0))
+    );
+
+    let all: Vec<_> = bed.peers.iter().collect();
+    let leader = wait_agreed_leader(&all, Duration::from_secs(15)).await?;
+    let url = bed.peer(leader).url("/api/raft/apply");
+    for in_flight in [1usize, 16] {
+        let deadline = Instant::now() + Duration::from_secs(write_seconds);
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        let client = http_client();
+        let workers = (0..in_flight).map(|w| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = client
+                        .post(&url)
+                        .json(&note(&format!("bench {w}-{i}")))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        lat.push(t.elapsed());
+                    }
+                    i += 1;
+                }
+                lat
+            }
+        });
+        for lat in futures::future::join_all(workers).await {
+            latencies.extend(lat);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "writes through the leader, {in_flight:>2} in flight: {:.0} commands/s (commit latency p50 {}, p99 {})",
+            latencies.len() as f64 / elapsed,
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99))
+        );
+    }
+    let rss: Vec<String> = bed
+        .peers
+        .iter()
+        .filter_map(|p| {
+            p.pid().and_then(rss_kib).map(|k| format!("peer {}: {:.1} MiB", p.id, k as f64 / 1024.0))
+        })
+        .collect();
+    println!("peer RSS: {}", rss.join(", "));
+    Ok(())
+}

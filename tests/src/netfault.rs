@@ -1,0 +1,77 @@
+//! Network partitions between simulated hosts: `nft` drop rules between loopback
+//! addresses, one table per partition, deleted when the partition is healed or dropped.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
+
+/// An active partition; healed on drop.
+pub struct Partition {
+    table: String,
+    active: bool,
+}
+
+fn nft(args: &[&str]) -> anyhow::Result<()> {
+    let out =
+        Command::new("nft").args(args).output().context("cannot run nft (install Debian's nftables)")?;
+    if !out.status.success() {
+        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Partition {
+    /// Cuts every connection between a host of `side_a` and a host of `side_b`, both
+    /// ways. Traffic within each side, and with anything else, still flows.
+    pub fn cut(side_a: &[String], side_b: &[String]) -> anyhow::Result<Partition> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let table = format!("orchtest_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        nft(&["add", "table", "inet", &table])?;
+        let partition = Partition { table, active: true };
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &partition.table,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        for a in side_a {
+            for b in side_b {
+                for (src, dst) in [(a, b), (b, a)] {
+                    nft(&[
+                        "add",
+                        "rule",
+                        "inet",
+                        &partition.table,
+                        "out",
+                        "ip",
+                        "saddr",
+                        src,
+                        "ip",
+                        "daddr",
+                        dst,
+                        "drop",
+                    ])?;
+                }
+            }
+        }
+        Ok(partition)
+    }
+
+    /// Removes the rules.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        if self.active {
+            self.active = false;
+            nft(&["delete", "table", "inet", &self.table])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = self.heal();
+    }
+}
