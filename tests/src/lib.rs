@@ -46,7 +46,7 @@ impl TestBed {
         tune: impl FnOnce(&mut PeerGroupSpec),
     ) -> anyhow::Result<TestBed> {
         let hosts = HostBlock::reserve(n)?;
-        let dir = tempfile::Builder::new().prefix("orch-test-").tempdir()?;
+        let dir = test_dir("orch-test-")?;
         let addrs = hosts.hosts();
         let cluster = MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
         let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
@@ -61,6 +61,17 @@ impl TestBed {
     }
 }
 
+/// A temporary directory for one test's files, deleted afterwards unless
+/// `ORCH_KEEP_TEST_DIR` is set (then its path is printed).
+pub fn test_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let keep = std::env::var_os("ORCH_KEEP_TEST_DIR").is_some();
+    let dir = tempfile::Builder::new().prefix(prefix).disable_cleanup(keep).tempdir()?;
+    if keep {
+        eprintln!("test files kept in {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
 /// Orchestrator peers alone (no databases): for Raft tests and benchmarks.
 pub struct PeerBed {
     pub peers: Vec<Peer>,
@@ -72,7 +83,7 @@ impl PeerBed {
     /// `n` peers on their own hosts, with the spec adjusted by `tune`.
     pub async fn start(n: u8, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<PeerBed> {
         let hosts = HostBlock::reserve(n)?;
-        let dir = tempfile::Builder::new().prefix("orch-peers-").tempdir()?;
+        let dir = test_dir("orch-peers-")?;
         let mut spec = PeerGroupSpec::raft_only();
         tune(&mut spec);
         let peers =
@@ -110,11 +121,6 @@ impl Drop for TestBed {
         }
         for s in &mut self.cluster.servers {
             s.kill();
-        }
-        if std::env::var_os("ORCH_KEEP_TEST_DIR").is_some() {
-            let kept = self.dir.path().to_path_buf();
-            eprintln!("test files kept in {}", kept.display());
-            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")));
         }
     }
 }

@@ -54,6 +54,25 @@ impl Rng {
     }
 }
 
+/// Waits until `peer` has the leader's last log entry and heard from it just now.
+async fn wait_caught_up(
+    peer: &orch_tests::peer::Peer,
+    leader: &orch_tests::peer::Peer,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let (p, l) = (raft_state(peer).await?, raft_state(leader).await?);
+        let fresh = p["last_leader_contact_ms"].as_u64().is_some_and(|ms| ms < 100);
+        if fresh && p["last_log_index"] == l["last_log_index"] && p["term"] == l["term"] {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            anyhow::bail!("peer {} did not catch up: {p} vs leader {l}", peer.id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -112,7 +131,10 @@ async fn raft(n: u8, rounds: usize, write_seconds: u64) -> anyhow::Result<()> {
         bed.peer_mut(leader).spawn()?;
         bed.peer(leader).wait_healthy(Duration::from_secs(15)).await?;
         let all: Vec<_> = bed.peers.iter().collect();
-        wait_agreed_leader(&all, Duration::from_secs(15)).await?;
+        let current = wait_agreed_leader(&all, Duration::from_secs(15)).await?;
+        // Steady state before the next kill: the restarted peer has caught up and
+        // hears from the leader, as every peer does before a real failure.
+        wait_caught_up(bed.peer(leader), bed.peer(current)).await?;
     }
     samples.sort();
     println!();

@@ -109,6 +109,10 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         Ok((_, took)) => println!("topology discovered in {:.1} s\n", took.as_secs_f64()),
         Err(last) => bail!("peers did not discover the topology within 20 s; last answer: {last}"),
     }
+    let raft_url = format!("http://{}:3000/api/raft-state", hosts[0]);
+    if let Err(last) = poll_json(&raft_url, Duration::from_secs(10), |s| s["leader_id"].is_u64()).await {
+        bail!("the peers elected no Raft leader within 10 s; last answer: {last}");
+    }
     status(dir).await
 }
 
@@ -140,6 +144,16 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("no orchestrator peer is running.");
         return Ok(());
     };
+    match get_json(&format!("http://{host}:3000/api/raft-state")).await {
+        Ok(r) => println!(
+            "raft:          leader peer {} (term {}, commit index {}, {} members)\n",
+            r["leader_id"].as_u64().map(|id| id.to_string()).unwrap_or_else(|| "none yet".into()),
+            r["term"],
+            r["committed_index"],
+            r["members"].as_array().map(Vec::len).unwrap_or(0)
+        ),
+        Err(e) => println!("raft:          cannot read state from {host}: {e}\n"),
+    }
     let ctl = peer::binary("orchctl")?;
     let out = Command::new(ctl)
         .args(["--addr", &format!("{host}:3000"), "topology", ALIAS])
