@@ -43,13 +43,18 @@ pub fn apply_probe(
             state.last_error = None;
             state.last_seen_unix_ms = Some(now_unix_ms);
             state.consecutive_failures = 0;
+            state.failure = None;
+            state.unreachable_since_unix_ms = None;
             state.last_probe = Some(probe);
             named
         }
         Err(e) => {
+            let started = now_unix_ms - latency.as_millis() as i64;
             state.reachable = false;
             state.last_error = Some(e.to_string());
+            state.failure = Some(e.kind());
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            state.unreachable_since_unix_ms.get_or_insert(started);
             Vec::new()
         }
     }
@@ -395,10 +400,21 @@ mod tests {
         assert!(!st.reachable);
         assert_eq!(st.consecutive_failures, 1);
         assert_eq!(st.last_seen_unix_ms, None);
+        assert_eq!(st.failure, Some(crate::topology::FailureKind::Timeout));
+        assert_eq!(st.unreachable_since_unix_ms, Some(10));
+        apply_probe(
+            &mut st,
+            Err(ProbeError::ConnectTimeout(Duration::from_millis(5))),
+            Duration::from_millis(4),
+            30,
+        );
+        assert_eq!(st.unreachable_since_unix_ms, Some(10), "the streak keeps its start");
         let named = apply_probe(&mut st, Ok(probe(Some("m:1"), &["x:1"])), Duration::from_millis(3), 20);
         assert_eq!(named, vec![key("x:1"), key("m:1")]);
         assert!(st.reachable);
         assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.unreachable_since_unix_ms, None);
+        assert_eq!(st.failure, None);
         assert_eq!(st.last_seen_unix_ms, Some(20));
         assert_eq!(st.probe_latency_ms, 3.0);
     }

@@ -16,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
 
 use crate::topology::{
-    Flavor, GtidSet, InstanceKey, InstanceProbe, ReplicationStatus, SemiSyncStatus, ThreadState,
+    FailureKind, Flavor, GtidSet, InstanceKey, InstanceProbe, ReplicationStatus, SemiSyncStatus, ThreadState,
 };
 
 /// Why a probe failed, in one line an operator can act on.
@@ -32,6 +32,27 @@ pub enum ProbeError {
     Query { sql: String, message: String },
     #[error("unexpected server output: {0}")]
     Unexpected(String),
+}
+
+impl ProbeError {
+    /// What the failure says about the server.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ProbeError::ConnectTimeout(_) | ProbeError::ReadTimeout(_) => FailureKind::Timeout,
+            ProbeError::Connect(msg) => {
+                let m = msg.to_ascii_lowercase();
+                if m.contains("refused") || m.contains("reset") || m.contains("broken pipe") {
+                    FailureKind::Refused
+                } else if m.contains("access denied") {
+                    FailureKind::Rejected
+                } else {
+                    FailureKind::Other
+                }
+            }
+            ProbeError::Query { .. } => FailureKind::Rejected,
+            ProbeError::Unexpected(_) => FailureKind::Other,
+        }
+    }
 }
 
 /// Probes one instance. The discovery loop only knows this trait.

@@ -222,6 +222,27 @@ pub struct InstanceState {
     pub last_seen_unix_ms: Option<i64>,
     pub probe_latency_ms: f64,
     pub consecutive_failures: u32,
+    /// How the last probe failed, when it did.
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    /// When the first probe of the current run of failures started (`None` while
+    /// reachable): an instance failing by timeouts since then is hung at least that long.
+    #[serde(default)]
+    pub unreachable_since_unix_ms: Option<i64>,
+}
+
+/// How a probe failed: decides whether an unreachable server is gone or hung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Connection refused or reset: nothing listens (process dead, host up).
+    Refused,
+    /// No answer in time: the process is hung or the network is cut.
+    Timeout,
+    /// The server answered but refused us (authentication, privileges, a query error).
+    Rejected,
+    /// Anything else.
+    Other,
 }
 
 impl InstanceState {
@@ -235,6 +256,8 @@ impl InstanceState {
             last_seen_unix_ms: None,
             probe_latency_ms: 0.0,
             consecutive_failures: 0,
+            failure: None,
+            unreachable_since_unix_ms: None,
         }
     }
 
