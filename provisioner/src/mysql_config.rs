@@ -7,6 +7,11 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
+/// Semi-sync timeout: a year. Falling back to asynchronous replication would let the
+/// master acknowledge commits no replica has; we would rather block writes
+/// (`LockedSemiSyncMaster`) than lose them.
+pub const SEMI_SYNC_NEVER_FALL_BACK_MS: u64 = 31_536_000_000;
+
 /// Which server family the file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +44,10 @@ pub struct MysqlServerConfig {
     pub innodb_buffer_pool_mb: u32,
     /// Run the server as this OS user (`root` in the test bed).
     pub os_user: Option<String>,
+    /// Semi-synchronous replication, AFTER_SYNC, never falling back to asynchronous:
+    /// a commit is acknowledged to the client only once a replica has it in its relay
+    /// log, so a failover to the most advanced replica loses no acknowledged write.
+    pub semi_sync: bool,
 }
 
 impl MysqlServerConfig {
@@ -57,6 +66,7 @@ impl MysqlServerConfig {
             replica_net_timeout_s: 4,
             innodb_buffer_pool_mb: 32,
             os_user: None,
+            semi_sync: true,
         }
     }
 }
@@ -94,12 +104,31 @@ pub fn render(c: &MysqlServerConfig) -> String {
             line("gtid-strict-mode", &"ON");
             line("gtid-domain-id", &0);
             line("innodb-log-file-size", &"16M");
+            if c.semi_sync {
+                // Only the master waits for acknowledgements: a replica with the
+                // master side on would hold its own SQL thread waiting for replicas
+                // it does not have. Promotion turns it on, demotion off.
+                line("rpl-semi-sync-master-enabled", &if c.read_only { "OFF" } else { "ON" });
+                line("rpl-semi-sync-slave-enabled", &"ON");
+                line("rpl-semi-sync-master-wait-point", &"AFTER_SYNC");
+                line("rpl-semi-sync-master-wait-no-slave", &"ON");
+                line("rpl-semi-sync-master-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
+            }
         }
         ServerFlavor::Mysql => {
             line("gtid-mode", &"ON");
             line("enforce-gtid-consistency", &"ON");
             line("super-read-only", &if c.read_only { "ON" } else { "OFF" });
             line("replica-preserve-commit-order", &"ON");
+            if c.semi_sync {
+                line("plugin-load-add", &"semisync_source.so");
+                line("plugin-load-add", &"semisync_replica.so");
+                line("rpl-semi-sync-source-enabled", &if c.read_only { "OFF" } else { "ON" });
+                line("rpl-semi-sync-replica-enabled", &"ON");
+                line("rpl-semi-sync-source-wait-point", &"AFTER_SYNC");
+                line("rpl-semi-sync-source-wait-no-replica", &"ON");
+                line("rpl-semi-sync-source-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
+            }
         }
     }
     format!("[mysqld]\n{s}")
@@ -127,6 +156,8 @@ mod tests {
             "socket = /tmp/n1/run/mysqld.sock\n",
             "user = root\n",
             "tmpdir = /tmp/n1/tmp\n",
+            "rpl-semi-sync-master-wait-point = AFTER_SYNC\n",
+            "rpl-semi-sync-master-timeout = 31536000000\n",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

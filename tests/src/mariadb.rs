@@ -235,25 +235,57 @@ impl MariaDbCluster {
             s.start().await?;
         }
         let cluster = MariaDbCluster { servers };
-        let master = &cluster.servers[0];
-        master
-            .exec(&format!(
-                "CREATE USER '{ORCH_USER}'@'%' IDENTIFIED BY '{ORCH_PASSWORD}'; \
+        // Users are created on every server outside the binlog: with semi-sync that
+        // never falls back, a replicated commit before the replicas connect would wait.
+        for s in &cluster.servers {
+            s.exec(&format!(
+                "SET sql_log_bin = 0; \
+                 CREATE USER '{ORCH_USER}'@'%' IDENTIFIED BY '{ORCH_PASSWORD}'; \
                  GRANT {ORCH_GRANTS} ON *.* TO '{ORCH_USER}'@'%'; \
                  GRANT SELECT ON mysql.* TO '{ORCH_USER}'@'%'; \
                  CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{REPL_PASSWORD}'; \
                  GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'%'; \
-                 CREATE DATABASE app; \
                  CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}'; \
                  GRANT ALL ON app.* TO '{APP_USER}'@'%'; \
-                 CREATE TABLE app.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6))"
+                 SET sql_log_bin = 1"
             ))
             .await?;
+        }
+        let master = &cluster.servers[0];
         for replica in &cluster.servers[1..] {
             replica.replicate_from(master).await?;
         }
+        cluster.wait_semi_sync_clients(0, cluster.servers.len() - 1, Duration::from_secs(30)).await?;
+        master
+            .exec(
+                "CREATE DATABASE app; \
+                 CREATE TABLE app.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6))",
+            )
+            .await?;
         cluster.wait_replicated(Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// Waits until server `master` has `clients` semi-sync replicas connected.
+    pub async fn wait_semi_sync_clients(&self, master: usize, clients: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.servers[master]
+                .scalar(
+                    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'",
+                )
+                .await?
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if n >= clients {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} has {n} semi-sync replicas, expected {clients}", self.servers[master].host);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn master(&self) -> &MariaDbServer {
