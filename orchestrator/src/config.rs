@@ -69,6 +69,8 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
 }
 
 /// Raft timing and log compaction.
@@ -129,6 +131,92 @@ pub struct MysqlConfig {
     /// Port assumed for replicas found through the processlist (no `report_port`).
     #[serde(default = "default_mysql_port")]
     pub default_port: u16,
+    /// The account replicas use to connect to their master (set when repointing).
+    #[serde(default = "default_replication_user")]
+    pub replication_user: String,
+    /// Its password (env override `ORCH_REPLICATION_PASSWORD`).
+    #[serde(default)]
+    pub replication_password: Option<String>,
+    /// An application account without `SUPER`/`READ ONLY ADMIN` that proves a promoted
+    /// master takes writes (our own account can write through `read_only`).
+    #[serde(default)]
+    pub write_check: Option<WriteCheckConfig>,
+}
+
+/// How a promotion is verified: this account writes one row to `table`
+/// (`CREATE TABLE app.orchestrator_write_check (id INT PRIMARY KEY, at DATETIME(6))`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WriteCheckConfig {
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    pub table: String,
+}
+
+/// Failure detection and recovery.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Recover dead masters automatically (operators can still fail over by hand).
+    pub automatic: bool,
+    /// A master failing only by timeouts this long counts as hung, i.e. dead.
+    pub hang_window_ms: u64,
+    /// How long to wait for the candidate to apply what it received.
+    pub apply_wait_ms: u64,
+    /// A replica lagging more than this is not promoted unless the failover is forced.
+    pub max_lag_on_failover_s: u64,
+    /// No automatic recovery of a cluster this long after the last one, unless acknowledged.
+    pub anti_flap_s: u64,
+    /// A peer out of contact with a quorum this long makes its co-located master read-only.
+    pub fencing_timeout_ms: u64,
+    /// The mysqld on this host (default: this peer's address, port 3306).
+    pub local_instance: Option<InstanceKey>,
+    /// Replica lag above this is reported (`ReplicaLagging`).
+    pub lag_threshold_s: u64,
+    /// Commands run with the facts in `ORCH_*` environment variables.
+    pub hooks: HooksConfig,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            automatic: true,
+            hang_window_ms: 1500,
+            apply_wait_ms: 10_000,
+            max_lag_on_failover_s: 60,
+            anti_flap_s: 300,
+            fencing_timeout_ms: 2000,
+            local_instance: None,
+            lag_threshold_s: 10,
+            hooks: HooksConfig::default(),
+        }
+    }
+}
+
+/// Hook commands (run with `sh -c`); each empty by default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    pub on_failure_detection: Vec<String>,
+    /// A non-zero exit aborts the failover.
+    pub pre_failover: Vec<String>,
+    pub post_failover: Vec<String>,
+    pub post_unsuccessful_failover: Vec<String>,
+    /// A hook running longer is killed (and, before a failover, counts as a veto).
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            on_failure_detection: Vec::new(),
+            pre_failover: Vec::new(),
+            post_failover: Vec::new(),
+            post_unsuccessful_failover: Vec::new(),
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 /// The probing loop's timing.
@@ -188,6 +276,9 @@ fn default_data_dir() -> PathBuf {
 fn default_mysql_port() -> u16 {
     3306
 }
+fn default_replication_user() -> String {
+    "repl".into()
+}
 fn default_probe_interval_ms() -> u64 {
     1000
 }
@@ -245,6 +336,9 @@ impl Config {
         }
         if let Some(v) = env("ORCH_MYSQL_USER") {
             self.mysql.user = v;
+        }
+        if let Some(v) = env("ORCH_REPLICATION_PASSWORD") {
+            self.mysql.replication_password = Some(v);
         }
         if let Some(v) = env("ORCH_MYSQL_PASSWORD") {
             self.mysql.password = Some(v);
@@ -352,6 +446,25 @@ impl Config {
         if r.snapshot_every_logs == 0 || r.write_timeout_ms == 0 {
             return Err(invalid("raft", "snapshot_every_logs and write_timeout_ms must be above 0".into()));
         }
+        let rc = &self.recovery;
+        if rc.hang_window_ms < d.read_timeout_ms {
+            return Err(invalid(
+                "recovery.hang_window_ms",
+                format!(
+                    "{} ms is below discovery.read_timeout_ms ({} ms)",
+                    rc.hang_window_ms, d.read_timeout_ms
+                ),
+            ));
+        }
+        if rc.fencing_timeout_ms <= self.raft.election_timeout_max_ms {
+            return Err(invalid(
+                "recovery.fencing_timeout_ms",
+                format!(
+                    "{} ms must exceed raft.election_timeout_max_ms ({} ms), or every election fences the master",
+                    rc.fencing_timeout_ms, self.raft.election_timeout_max_ms
+                ),
+            ));
+        }
         let mut aliases = BTreeSet::new();
         for c in &self.clusters {
             if c.alias.is_empty() || c.alias.contains('/') {
@@ -396,6 +509,14 @@ impl Config {
     pub fn source_ip(&self) -> Option<std::net::IpAddr> {
         let ip = self.http_listen.ip();
         (!ip.is_unspecified()).then_some(ip)
+    }
+
+    /// The mysqld co-located with this peer.
+    pub fn local_instance(&self) -> Option<InstanceKey> {
+        self.recovery
+            .local_instance
+            .clone()
+            .or_else(|| self.source_ip().map(|ip| InstanceKey::new(ip.to_string(), 3306)))
     }
 
     /// This peer's own entry in `peers`.

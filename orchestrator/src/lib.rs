@@ -9,6 +9,7 @@
 //! pure functions over it; [`mysql`] is the only module that speaks SQL; [`discovery`]
 //! is the loop joining the two; [`api`] serves the result.
 
+pub mod analysis;
 pub mod api;
 pub mod config;
 pub mod discovery;

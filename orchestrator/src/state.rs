@@ -37,9 +37,12 @@ pub enum PromotionRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
+    /// Registers a cluster (or updates its seeds); sets its master when it has none.
     RegisterCluster {
         alias: String,
         seeds: Vec<InstanceKey>,
+        #[serde(default)]
+        master: Option<InstanceKey>,
     },
     SetPromotionRule {
         instance: InstanceKey,
@@ -59,6 +62,14 @@ pub enum Command {
         cluster: String,
         failed_master: InstanceKey,
         reason: String,
+        #[serde(default)]
+        kind: RecoveryKind,
+    },
+    /// The replica a recovery promotes, chosen once: a leader that takes over an
+    /// unfinished recovery continues with it.
+    SetRecoveryCandidate {
+        id: u64,
+        candidate: InstanceKey,
     },
     RecordRecoveryOutcome {
         id: u64,
@@ -119,6 +130,22 @@ pub enum CommandResult {
 pub struct ClusterRecord {
     pub seeds: Vec<InstanceKey>,
     pub registered_unix_ms: i64,
+    /// The master the group agrees on; changed only by recoveries and switchovers.
+    pub master: Option<InstanceKey>,
+    pub master_since_unix_ms: i64,
+}
+
+/// Why a recovery runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryKind {
+    /// The master died; recovered automatically.
+    #[default]
+    Failover,
+    /// An operator forced a failover.
+    ForcedFailover,
+    /// A planned switchover with the master alive.
+    Switchover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -137,7 +164,9 @@ pub struct RecoveryRecord {
     pub cluster: String,
     pub failed_master: Option<InstanceKey>,
     pub reason: String,
+    pub kind: RecoveryKind,
     pub epoch: u64,
+    pub candidate: Option<InstanceKey>,
     pub started_unix_ms: i64,
     pub ended_unix_ms: Option<i64>,
     pub success: Option<bool>,
@@ -205,7 +234,7 @@ impl ClusterState {
         self.applied_commands += 1;
         let now = p.at_unix_ms;
         match &p.command {
-            Command::RegisterCluster { alias, seeds } => {
+            Command::RegisterCluster { alias, seeds, master } => {
                 if alias.is_empty() {
                     return rejected("cluster alias must not be empty");
                 }
@@ -213,6 +242,10 @@ impl ClusterState {
                 record.seeds = seeds.clone();
                 if record.registered_unix_ms == 0 {
                     record.registered_unix_ms = now;
+                }
+                if record.master.is_none() && master.is_some() {
+                    record.master = master.clone();
+                    record.master_since_unix_ms = now;
                 }
                 CommandResult::Done
             }
@@ -244,7 +277,7 @@ impl ClusterState {
                 Some(_) => CommandResult::Done,
                 None => rejected(format!("{instance} is not downtimed")),
             },
-            Command::RecordRecoveryIntent { cluster, failed_master, reason } => {
+            Command::RecordRecoveryIntent { cluster, failed_master, reason, kind } => {
                 if let Some(open) = self.recoveries.iter().find(|r| &r.cluster == cluster && r.is_open()) {
                     return rejected(format!("recovery {} of cluster {cluster} is still running", open.id));
                 }
@@ -256,12 +289,25 @@ impl ClusterState {
                     cluster: cluster.clone(),
                     failed_master: Some(failed_master.clone()),
                     reason: reason.clone(),
+                    kind: *kind,
                     epoch,
                     started_unix_ms: now,
                     ..Default::default()
                 });
                 self.trim_recoveries();
                 CommandResult::RecoveryOpened { id, epoch }
+            }
+            Command::SetRecoveryCandidate { id, candidate } => {
+                match self.recoveries.iter_mut().find(|r| r.id == *id) {
+                    Some(r) if r.is_open() => {
+                        if r.candidate.is_none() {
+                            r.candidate = Some(candidate.clone());
+                        }
+                        CommandResult::Done
+                    }
+                    Some(_) => rejected(format!("recovery {id} has already ended")),
+                    None => rejected(format!("no recovery {id}")),
+                }
             }
             Command::RecordRecoveryOutcome { id, success, new_master, summary } => {
                 match self.recoveries.iter_mut().find(|r| r.id == *id) {
@@ -270,6 +316,11 @@ impl ClusterState {
                         r.success = Some(*success);
                         r.new_master = new_master.clone();
                         r.summary = summary.clone();
+                        if let Some(m) = new_master {
+                            let record = self.clusters.entry(r.cluster.clone()).or_default();
+                            record.master = Some(m.clone());
+                            record.master_since_unix_ms = now;
+                        }
                         CommandResult::Done
                     }
                     Some(_) => rejected(format!("recovery {id} has already ended")),
@@ -365,6 +416,7 @@ mod tests {
             cluster: "main".into(),
             failed_master: key("m:1"),
             reason: "DeadMaster".into(),
+            kind: RecoveryKind::Failover,
         };
         assert_eq!(s.apply(&at(10, intent.clone())), CommandResult::RecoveryOpened { id: 1, epoch: 1 });
         match s.apply(&at(11, intent.clone())) {
@@ -379,7 +431,17 @@ mod tests {
             new_master: Some(key("r:1")),
             summary: "promoted r:1".into(),
         };
+        assert_eq!(
+            s.apply(&at(11, Command::SetRecoveryCandidate { id: 1, candidate: key("r:1") })),
+            CommandResult::Done
+        );
         assert_eq!(s.apply(&at(12, outcome.clone())), CommandResult::Done);
+        assert_eq!(
+            s.clusters["main"].master,
+            Some(key("r:1")),
+            "a recovery's new master becomes the cluster's"
+        );
+        assert_eq!(s.recoveries[0].candidate, Some(key("r:1")));
         assert!(matches!(s.apply(&at(13, outcome)), CommandResult::Rejected { .. }));
         assert_eq!(s.apply(&at(14, intent)), CommandResult::RecoveryOpened { id: 2, epoch: 2 });
         assert_eq!(
@@ -431,7 +493,12 @@ mod tests {
             }),
             inst.clone().prop_map(|instance| Command::EndDowntime { instance }),
             (cluster.clone(), inst.clone()).prop_map(|(cluster, failed_master)| {
-                Command::RecordRecoveryIntent { cluster, failed_master, reason: "r".into() }
+                Command::RecordRecoveryIntent {
+                    cluster,
+                    failed_master,
+                    reason: "r".into(),
+                    kind: RecoveryKind::Failover,
+                }
             }),
             (1u64..6, any::<bool>()).prop_map(|(id, success)| Command::RecordRecoveryOutcome {
                 id,

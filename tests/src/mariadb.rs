@@ -267,7 +267,12 @@ impl MariaDbCluster {
     }
 
     /// Waits until server `master` has `clients` semi-sync replicas connected.
-    pub async fn wait_semi_sync_clients(&self, master: usize, clients: usize, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_semi_sync_clients(
+        &self,
+        master: usize,
+        clients: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.servers[master]

@@ -7,6 +7,8 @@
 //! functions over [`RowMap`]s so both flavors' column names are table-tested without a
 //! server.
 
+pub mod admin;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
@@ -409,7 +411,7 @@ pub fn parse_semi_sync(variables: &[RowMap], status: &[RowMap]) -> SemiSyncStatu
 
 /// Folds a driver error onto one line and drops the repeated prefixes it nests
 /// ("Input/output error: Input/output error: Connection refused").
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut parts: Vec<&str> = Vec::new();
     for part in flat.split(": ") {

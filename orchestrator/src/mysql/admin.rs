@@ -1,0 +1,316 @@
+//! The few commands recovery needs, per flavor: fence, promote, repoint, verify a
+//! write as the application user. Each statement is bounded in time, and each command
+//! is safe to repeat (recovery steps are retried and finished by new leaders).
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use super::{connect, one_line, ProbeError};
+use crate::topology::{Flavor, InstanceKey};
+
+/// Why a command did not take effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{instance}: {what}: {message}")]
+pub struct AdminError {
+    pub instance: String,
+    pub what: String,
+    pub message: String,
+}
+
+/// Credentials and limits for [`MysqlAdmin`].
+#[derive(Clone)]
+pub struct AdminSettings {
+    pub user: String,
+    pub password: String,
+    pub replication_user: String,
+    pub replication_password: String,
+    /// A non-privileged account (the application's) that proves the new master takes
+    /// writes, and the table it writes to (`schema.table` with `id` and `at` columns).
+    pub verify: Option<WriteCheck>,
+    pub connect_timeout: Duration,
+    /// Bound on each statement.
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("user", &self.user)
+            .field("replication_user", &self.replication_user)
+            .field("verify", &self.verify.as_ref().map(|v| (&v.user, &v.table)))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct WriteCheck {
+    pub user: String,
+    pub password: String,
+    pub table: String,
+}
+
+/// Quotes a string literal for SQL (single quotes, backslashes).
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The statements that make `key` replicate from `source` with GTID auto-positioning.
+/// `was_master`: the instance has no replication configured (a former master).
+pub fn repoint_statements(
+    flavor: Flavor,
+    source: &InstanceKey,
+    user: &str,
+    password: &str,
+    was_master: bool,
+) -> Vec<String> {
+    let (host, port, user, password) = (quote(&source.host), source.port, quote(user), quote(password));
+    if flavor.is_mariadb() {
+        let mut s = vec!["STOP SLAVE".to_string()];
+        if was_master {
+            // Its own binlog is what it has executed: start replicating after it.
+            s.push("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos".into());
+        }
+        s.push(format!(
+            "CHANGE MASTER TO MASTER_HOST={host}, MASTER_PORT={port}, MASTER_USER={user}, \
+             MASTER_PASSWORD={password}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+        ));
+        s.push("START SLAVE".into());
+        s
+    } else {
+        vec![
+            "STOP REPLICA".into(),
+            format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST={host}, SOURCE_PORT={port}, SOURCE_USER={user}, \
+                 SOURCE_PASSWORD={password}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, \
+                 GET_SOURCE_PUBLIC_KEY=1"
+            ),
+            "START REPLICA".into(),
+        ]
+    }
+}
+
+/// The statements that turn a replica into a writable master.
+pub fn promote_statements(flavor: Flavor, semi_sync: bool) -> Vec<String> {
+    let mut s = Vec::new();
+    if flavor.is_mariadb() {
+        s.push("STOP SLAVE".to_string());
+        s.push("RESET SLAVE ALL".into());
+        if semi_sync {
+            s.push("SET GLOBAL rpl_semi_sync_master_enabled = ON".into());
+        }
+        s.push("SET GLOBAL read_only = OFF".into());
+    } else {
+        s.push("STOP REPLICA".to_string());
+        s.push("RESET REPLICA ALL".into());
+        if semi_sync {
+            s.push("SET GLOBAL rpl_semi_sync_source_enabled = ON".into());
+        }
+        s.push("SET GLOBAL super_read_only = OFF".into());
+        s.push("SET GLOBAL read_only = OFF".into());
+    }
+    s
+}
+
+/// The statement that stops an instance from taking writes.
+pub fn fence_statements(flavor: Flavor) -> Vec<String> {
+    if flavor.is_mariadb() {
+        vec!["SET GLOBAL read_only = ON".into()]
+    } else {
+        vec!["SET GLOBAL super_read_only = ON".into()]
+    }
+}
+
+/// Client connections to kill when fencing: everything but replication, system
+/// threads and ourselves.
+pub const CLIENT_CONNECTIONS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
+     WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler') \
+     AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', \
+     'Slave_worker', 'Connect')";
+
+/// Runs recovery commands on real servers.
+pub struct MysqlAdmin {
+    settings: AdminSettings,
+}
+
+impl MysqlAdmin {
+    pub fn new(settings: AdminSettings) -> Self {
+        Self { settings }
+    }
+
+    pub fn settings(&self) -> &AdminSettings {
+        &self.settings
+    }
+
+    fn error(key: &InstanceKey, what: &str, message: impl std::fmt::Display) -> AdminError {
+        AdminError {
+            instance: key.to_string(),
+            what: what.to_string(),
+            message: one_line(&message.to_string()),
+        }
+    }
+
+    async fn open(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
+        connect(key, &self.settings.user, &self.settings.password, self.settings.connect_timeout)
+            .await
+            .map_err(|e: ProbeError| Self::error(key, "connect", e))
+    }
+
+    async fn run(&self, key: &InstanceKey, conn: &mut Conn, sql: &str) -> Result<(), AdminError> {
+        let timeout = self.settings.statement_timeout;
+        match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Self::error(key, sql, e)),
+            Err(_) => Err(Self::error(key, sql, format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    async fn flavor(&self, key: &InstanceKey, conn: &mut Conn) -> Result<Flavor, AdminError> {
+        let row: Option<(String, String)> = tokio::time::timeout(
+            self.settings.statement_timeout,
+            conn.query_first("SELECT @@version, @@version_comment"),
+        )
+        .await
+        .map_err(|_| Self::error(key, "version", "no answer"))?
+        .map_err(|e| Self::error(key, "version", e))?;
+        let (version, comment) = row.unwrap_or_default();
+        Ok(Flavor::detect(&version, &comment))
+    }
+
+    /// Makes `key` read-only and kills its client connections. Writes in flight get an
+    /// error, never an acknowledgement: semi-sync is left as it is, so a commit waiting
+    /// for a replica's acknowledgement is not released by the fence.
+    pub async fn fence(&self, key: &InstanceKey) -> Result<(), AdminError> {
+        let mut conn = self.open(key).await?;
+        let flavor = self.flavor(key, &mut conn).await?;
+        // Kill first: a commit waiting for semi-sync holds the commit lock that
+        // `SET GLOBAL read_only` waits for.
+        self.kill_clients(key, &mut conn).await?;
+        for sql in fence_statements(flavor) {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        self.kill_clients(key, &mut conn).await?;
+        let read_only: Option<i64> = conn
+            .query_first("SELECT @@read_only")
+            .await
+            .map_err(|e| Self::error(key, "check read_only", e))?;
+        if read_only != Some(1) {
+            return Err(Self::error(key, "fence", "read_only is still off"));
+        }
+        Ok(())
+    }
+
+    async fn kill_clients(&self, key: &InstanceKey, conn: &mut Conn) -> Result<(), AdminError> {
+        let ids: Vec<u64> =
+            tokio::time::timeout(self.settings.statement_timeout, conn.query(CLIENT_CONNECTIONS))
+                .await
+                .map_err(|_| Self::error(key, "list connections", "no answer"))?
+                .map_err(|e| Self::error(key, "list connections", e))?;
+        for id in ids {
+            // The connection may be gone already.
+            let _ = self.run(key, conn, &format!("KILL CONNECTION {id}")).await;
+        }
+        Ok(())
+    }
+
+    /// Stops replication on `key`, forgets its source and makes it writable.
+    pub async fn promote(&self, key: &InstanceKey, semi_sync: bool) -> Result<(), AdminError> {
+        let mut conn = self.open(key).await?;
+        let flavor = self.flavor(key, &mut conn).await?;
+        for sql in promote_statements(flavor, semi_sync) {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Points `key` at `source` with GTID auto-positioning and starts replication.
+    /// Makes it read-only first (it may be a former master).
+    pub async fn replicate_from(&self, key: &InstanceKey, source: &InstanceKey) -> Result<(), AdminError> {
+        let mut conn = self.open(key).await?;
+        let flavor = self.flavor(key, &mut conn).await?;
+        for sql in fence_statements(flavor) {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        let status_sql = super::Dialect::replica_status_sql(flavor);
+        let rows: Vec<mysql_async::Row> =
+            conn.query(status_sql).await.map_err(|e| Self::error(key, status_sql, e))?;
+        let was_master = rows.is_empty();
+        if flavor.is_mariadb() {
+            // A replica must not wait for acknowledgements of its own.
+            self.run(key, &mut conn, "SET GLOBAL rpl_semi_sync_master_enabled = OFF").await.ok();
+        }
+        let s = &self.settings;
+        for sql in
+            repoint_statements(flavor, source, &s.replication_user, &s.replication_password, was_master)
+        {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Proves `key` takes writes from the application's account (not ours, which can
+    /// write through `read_only`). Without a configured account, checks `read_only`.
+    pub async fn verify_write(&self, key: &InstanceKey) -> Result<(), AdminError> {
+        let Some(check) = &self.settings.verify else {
+            let mut conn = self.open(key).await?;
+            let ro: Option<i64> =
+                conn.query_first("SELECT @@read_only").await.map_err(|e| Self::error(key, "read_only", e))?;
+            return if ro == Some(0) { Ok(()) } else { Err(Self::error(key, "verify", "read_only is on")) };
+        };
+        let mut conn = connect(key, &check.user, &check.password, self.settings.connect_timeout)
+            .await
+            .map_err(|e| Self::error(key, "connect as the write-check user", e))?;
+        let sql = format!(
+            "REPLACE INTO {} (id, at) VALUES (@@server_id, NOW(6))",
+            check.table.split('.').map(|p| format!("`{}`", p.replace('`', ""))).collect::<Vec<_>>().join(".")
+        );
+        self.run(key, &mut conn, &sql).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repoint_per_flavor() {
+        let src = InstanceKey::new("10.0.0.2", 3306);
+        let m = repoint_statements(Flavor::MariaDb, &src, "repl", "p'w", true);
+        assert_eq!(m[0], "STOP SLAVE");
+        assert_eq!(m[1], "SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos");
+        assert!(m[2].contains("MASTER_HOST='10.0.0.2'"), "{}", m[2]);
+        assert!(m[2].contains("MASTER_PASSWORD='p\\'w'"), "{}", m[2]);
+        assert!(m[2].contains("MASTER_USE_GTID=slave_pos"));
+        assert_eq!(m[3], "START SLAVE");
+        let m = repoint_statements(Flavor::MariaDb, &src, "repl", "pw", false);
+        assert_eq!(m.len(), 3, "a replica keeps its slave position");
+        let y = repoint_statements(Flavor::Percona, &src, "repl", "pw", true);
+        assert!(y[1].starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST='10.0.0.2', SOURCE_PORT=3306"));
+        assert!(y[1].contains("SOURCE_AUTO_POSITION=1"));
+        assert_eq!(y[2], "START REPLICA");
+    }
+
+    #[test]
+    fn promote_and_fence_per_flavor() {
+        assert_eq!(
+            promote_statements(Flavor::MariaDb, true),
+            vec![
+                "STOP SLAVE",
+                "RESET SLAVE ALL",
+                "SET GLOBAL rpl_semi_sync_master_enabled = ON",
+                "SET GLOBAL read_only = OFF"
+            ]
+        );
+        let my = promote_statements(Flavor::MySql, false);
+        assert!(my.contains(&"SET GLOBAL super_read_only = OFF".to_string()));
+        assert!(!my.iter().any(|s| s.contains("semi_sync")));
+        assert_eq!(fence_statements(Flavor::MySql), vec!["SET GLOBAL super_read_only = ON"]);
+        assert_eq!(fence_statements(Flavor::MariaDb), vec!["SET GLOBAL read_only = ON"]);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
+    }
+}
