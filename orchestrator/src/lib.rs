@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod mysql;
 pub mod raft;
+pub mod recovery;
 pub mod state;
 pub mod topology;
 

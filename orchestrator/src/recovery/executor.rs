@@ -1,0 +1,374 @@
+//! Runs a failover or switchover step by step, in the order of DESIGN.md section 5,
+//! through two small seams: [`Control`] (the MySQL side) and [`Decisions`] (the Raft
+//! log). Every step is safe to repeat, so a new leader can run an unfinished recovery
+//! again from the top with the candidate recorded in Raft. Every step checks its
+//! post-condition; a recovery that cannot verify its outcome reports failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::plan::{plan_failover, FailoverInput, ReplicaFacts};
+use crate::state::{Command, CommandResult, PromotionRule, RecoveryKind};
+use crate::topology::{InstanceKey, InstanceProbe, ThreadState};
+
+/// The MySQL side of a recovery.
+pub trait Control: Send + Sync {
+    fn probe(&self, key: &InstanceKey) -> impl Future<Output = Result<InstanceProbe, String>> + Send;
+    /// Read-only on, client connections killed.
+    fn fence(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
+    /// Replication stopped and forgotten, writable (semi-sync master side on if asked).
+    fn promote(&self, key: &InstanceKey, semi_sync: bool) -> impl Future<Output = Result<(), String>> + Send;
+    /// Read-only, replicating from `source` with GTID auto-positioning.
+    fn replicate_from(
+        &self,
+        key: &InstanceKey,
+        source: &InstanceKey,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// A write as the application succeeds.
+    fn verify_write(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The Raft side: decisions are committed before they are acted on.
+pub trait Decisions: Send + Sync {
+    fn decide(&self, command: Command) -> impl Future<Output = Result<CommandResult, String>> + Send;
+}
+
+/// Hooks around a failover; `pre_failover` may veto it.
+pub trait Hooks: Send + Sync {
+    fn pre_failover(&self, facts: &HookFacts) -> impl Future<Output = Result<(), String>> + Send;
+    fn post_failover(&self, facts: &HookFacts, success: bool) -> impl Future<Output = ()> + Send;
+}
+
+/// What hooks are told.
+#[derive(Debug, Clone, Default)]
+pub struct HookFacts {
+    pub cluster: String,
+    pub failed_master: String,
+    pub reason: String,
+    pub recovery_id: u64,
+    pub epoch: u64,
+    pub new_master: String,
+    pub summary: String,
+}
+
+/// No hooks (tests, simulator).
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    async fn pre_failover(&self, _: &HookFacts) -> Result<(), String> {
+        Ok(())
+    }
+    async fn post_failover(&self, _: &HookFacts, _: bool) {}
+}
+
+/// Bounds on the waiting steps.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// For the candidate to apply what it received.
+    pub apply_wait: Duration,
+    /// For repointed replicas to connect and the write check to pass.
+    pub verify_wait: Duration,
+    /// Between polls while waiting.
+    pub poll: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self { apply_wait: Duration::from_secs(10), verify_wait: Duration::from_secs(5), poll: Duration::from_millis(20) }
+    }
+}
+
+/// What to recover.
+#[derive(Debug, Clone)]
+pub struct RecoveryRequest {
+    pub cluster: String,
+    pub failed_master: InstanceKey,
+    pub master_probe: Option<InstanceProbe>,
+    /// Every other instance of the cluster.
+    pub replicas: Vec<InstanceKey>,
+    pub reason: String,
+    pub kind: RecoveryKind,
+    /// For a switchover: the replica to promote (else the best one).
+    pub target: Option<InstanceKey>,
+    pub rules: BTreeMap<InstanceKey, PromotionRule>,
+    pub downtimed: BTreeSet<InstanceKey>,
+    pub max_lag_s: u64,
+    /// Turn semi-sync on for the new master (the cluster runs semi-sync).
+    pub semi_sync: bool,
+    /// An unfinished recovery to continue: (id, epoch, candidate recorded).
+    pub resume: Option<(u64, u64, Option<InstanceKey>)>,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: Option<u64>,
+    pub epoch: u64,
+    pub success: bool,
+    pub new_master: Option<InstanceKey>,
+    pub summary: String,
+    /// Each step with the milliseconds since the recovery began.
+    pub steps: Vec<String>,
+    /// When the new master passed its write check, since the recovery began.
+    pub writable_after: Option<Duration>,
+}
+
+struct Log {
+    started: Instant,
+    steps: Vec<String>,
+    writable_at: Option<Duration>,
+}
+
+impl Log {
+    fn step(&mut self, what: impl Into<String>) {
+        let line = format!("{:>5} ms  {}", self.started.elapsed().as_millis(), what.into());
+        tracing::info!(step = %line, "recovery");
+        self.steps.push(line);
+    }
+}
+
+async fn poll_until<F, Fut>(timings: &Timings, limit: Duration, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, String>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut last_error = String::from("condition not met");
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{last_error} after {limit:?}"));
+        }
+        tokio::time::sleep(timings.poll).await;
+    }
+}
+
+/// Whether `probe` has applied everything it received.
+fn caught_up(probe: &InstanceProbe) -> bool {
+    probe.replication.as_ref().is_none_or(|r| r.received.is_subset_of(&probe.gtid_executed))
+}
+
+/// Runs one recovery to its end and records the outcome in Raft.
+pub async fn run_recovery<C: Control, D: Decisions, H: Hooks>(
+    control: &C,
+    decisions: &D,
+    hooks: &H,
+    req: &RecoveryRequest,
+    timings: &Timings,
+) -> Outcome {
+    let mut log = Log { started: Instant::now(), steps: Vec::new(), writable_at: None };
+    // 1. The intent, with a new fencing epoch, before anything is touched.
+    let (id, epoch, recorded_candidate) = match &req.resume {
+        Some((id, epoch, candidate)) => {
+            log.step(format!("resuming recovery {id} (epoch {epoch})"));
+            (*id, *epoch, candidate.clone())
+        }
+        None => {
+            let intent = Command::RecordRecoveryIntent {
+                cluster: req.cluster.clone(),
+                failed_master: req.failed_master.clone(),
+                reason: req.reason.clone(),
+                kind: req.kind,
+            };
+            match decisions.decide(intent).await {
+                Ok(CommandResult::RecoveryOpened { id, epoch }) => {
+                    log.step(format!("intent recorded: recovery {id}, epoch {epoch}"));
+                    (id, epoch, None)
+                }
+                Ok(other) => return not_started(log, format!("intent refused: {other:?}")),
+                Err(e) => return not_started(log, format!("intent not committed: {e}")),
+            }
+        }
+    };
+    let mut facts = HookFacts {
+        cluster: req.cluster.clone(),
+        failed_master: req.failed_master.to_string(),
+        reason: req.reason.clone(),
+        recovery_id: id,
+        epoch,
+        ..Default::default()
+    };
+    let result = steps(control, decisions, hooks, req, timings, &mut log, id, recorded_candidate, &mut facts).await;
+    let (success, new_master, summary) = match result {
+        Ok((new_master, problems)) if problems.is_empty() => {
+            (true, Some(new_master.clone()), format!("promoted {new_master}"))
+        }
+        Ok((new_master, problems)) => (
+            false,
+            Some(new_master.clone()),
+            format!("promoted {new_master}, but: {}", problems.join("; ")),
+        ),
+        Err(StepFailure { promoted, reason }) => (false, promoted, reason),
+    };
+    log.step(if success { "done".to_string() } else { format!("failed: {summary}") });
+    let outcome =
+        Command::RecordRecoveryOutcome { id, success, new_master: new_master.clone(), summary: summary.clone() };
+    if let Err(e) = decisions.decide(outcome).await {
+        log.step(format!("outcome not recorded ({e}); the next leader finishes this recovery"));
+    }
+    facts.new_master = new_master.as_ref().map(ToString::to_string).unwrap_or_default();
+    facts.summary = summary.clone();
+    hooks.post_failover(&facts, success).await;
+    Outcome { id: Some(id), epoch, success, new_master, summary, steps: log.steps, writable_after: log.writable_at }
+}
+
+fn not_started(log: Log, reason: String) -> Outcome {
+    Outcome {
+        id: None,
+        epoch: 0,
+        success: false,
+        new_master: None,
+        summary: reason,
+        steps: log.steps,
+        writable_after: None,
+    }
+}
+
+struct StepFailure {
+    promoted: Option<InstanceKey>,
+    reason: String,
+}
+
+fn fail(reason: impl Into<String>) -> StepFailure {
+    StepFailure { promoted: None, reason: reason.into() }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps<C: Control, D: Decisions, H: Hooks>(
+    control: &C,
+    decisions: &D,
+    hooks: &H,
+    req: &RecoveryRequest,
+    timings: &Timings,
+    log: &mut Log,
+    id: u64,
+    recorded_candidate: Option<InstanceKey>,
+    facts: &mut HookFacts,
+) -> Result<(InstanceKey, Vec<String>), StepFailure> {
+    let switchover = req.kind == RecoveryKind::Switchover;
+    hooks.pre_failover(facts).await.map_err(|e| fail(format!("aborted by the pre-failover hook: {e}")))?;
+
+    // 2. Fence the old master, when it answers at all. A switchover needs it.
+    match control.fence(&req.failed_master).await {
+        Ok(()) => log.step(format!("fenced {}", req.failed_master)),
+        Err(e) if switchover => return Err(fail(format!("cannot make {} read-only: {e}", req.failed_master))),
+        Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
+    }
+    let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
+
+    // 3. Choose the candidate from fresh probes.
+    let probes = futures::future::join_all(req.replicas.iter().map(|k| control.probe(k))).await;
+    let facts_of: Vec<ReplicaFacts> = req
+        .replicas
+        .iter()
+        .zip(probes)
+        .map(|(k, p)| ReplicaFacts {
+            key: k.clone(),
+            probe: p.ok(),
+            downtimed: req.downtimed.contains(k),
+            rule: req.rules.get(k).copied().unwrap_or_default(),
+        })
+        .collect();
+    let chosen = recorded_candidate.as_ref().or(req.target.as_ref());
+    let master_probe = master_now.as_ref().or(req.master_probe.as_ref());
+    let plan = plan_failover(&FailoverInput {
+        failed_master: &req.failed_master,
+        master_probe,
+        replicas: &facts_of,
+        force: req.kind == RecoveryKind::ForcedFailover,
+        max_lag_s: req.max_lag_s,
+        chosen,
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    if let Some(target) = &req.target {
+        if &plan.candidate != target {
+            let why = plan
+                .passed_over
+                .iter()
+                .find(|(k, _)| k == target)
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "not reachable".into());
+            return Err(fail(format!("{target} cannot be promoted: {why}")));
+        }
+    }
+    let candidate = plan.candidate.clone();
+    log.step(format!("candidate {candidate} (passed over: {:?})", plan.passed_over));
+    if recorded_candidate.is_none() {
+        match decisions.decide(Command::SetRecoveryCandidate { id, candidate: candidate.clone() }).await {
+            Ok(_) => {}
+            Err(e) => return Err(fail(format!("candidate not recorded in Raft: {e}"))),
+        }
+    }
+
+    // 4. Catch up: from a donor if one has more, then apply the relay log; in a
+    //    switchover, everything the (now read-only) master executed.
+    if let Some(donor) = &plan.donor {
+        poll_until(timings, timings.apply_wait, || async {
+            control.probe(donor).await.map(|p| caught_up(&p))
+        })
+        .await
+        .map_err(|e| fail(format!("donor {donor} did not apply its relay log: {e}")))?;
+        control.replicate_from(&candidate, donor).await.map_err(|e| fail(format!("catch-up from {donor}: {e}")))?;
+        let donor_has = control.probe(donor).await.map_err(fail)?.gtid_executed;
+        poll_until(timings, timings.apply_wait, || async {
+            control.probe(&candidate).await.map(|p| donor_has.is_subset_of(&p.gtid_executed))
+        })
+        .await
+        .map_err(|e| fail(format!("{candidate} did not catch up from {donor}: {e}")))?;
+        log.step(format!("{candidate} caught up from {donor}"));
+    }
+    let must_have = master_now.as_ref().map(|m| m.gtid_executed.clone());
+    poll_until(timings, timings.apply_wait, || async {
+        let p = control.probe(&candidate).await?;
+        Ok(caught_up(&p) && must_have.as_ref().is_none_or(|m| m.is_subset_of(&p.gtid_executed)))
+    })
+    .await
+    .map_err(|e| fail(format!("{candidate} did not apply everything it received: {e}")))?;
+    log.step(format!("{candidate} applied everything it received"));
+
+    // 5. Promote, then repoint the others (and, in a switchover, the old master).
+    let mut to_repoint = plan.repoint.clone();
+    if switchover {
+        to_repoint.push(req.failed_master.clone());
+    }
+    let semi_sync = req.semi_sync && !to_repoint.is_empty();
+    control.promote(&candidate, semi_sync).await.map_err(|e| fail(format!("promote {candidate}: {e}")))?;
+    log.step(format!("promoted {candidate}"));
+    let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
+    let repointed = futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate))).await;
+    let mut problems = Vec::new();
+    for (k, r) in to_repoint.iter().zip(repointed) {
+        if let Err(e) = r {
+            problems.push(format!("repoint {k}: {e}"));
+        }
+    }
+    log.step(format!("repointed {} replica(s) to {candidate}", to_repoint.len() - problems.len()));
+
+    // 6. Post-conditions: a write as the application, replicas connected.
+    if let Err(e) = poll_until(timings, timings.verify_wait, || async {
+        control.verify_write(&candidate).await.map(|_| true)
+    })
+    .await
+    {
+        return Err(promoted(format!("{candidate} was promoted but does not take writes: {e}")));
+    }
+    log.writable_at = Some(log.started.elapsed());
+    log.step(format!("write check passed on {candidate}"));
+    for k in &to_repoint {
+        let connected = poll_until(timings, timings.verify_wait, || async {
+            let p = control.probe(k).await?;
+            Ok(p.replication.as_ref().is_some_and(|r| r.source == candidate && r.io_thread == ThreadState::Running))
+        })
+        .await;
+        if let Err(e) = connected {
+            problems.push(format!("{k} not replicating from {candidate}: {e}"));
+        }
+    }
+    log.step("replicas verified");
+    Ok((candidate, problems))
+}
