@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::mysql::{ProbeError, Prober};
@@ -63,6 +62,8 @@ pub fn apply_probe(
 /// The latest view of every known instance and the clusters they form.
 pub struct TopologyStore {
     inner: RwLock<StoreInner>,
+    /// Bumped on every regrouping: the recovery loop wakes on it.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 struct StoreInner {
@@ -79,7 +80,10 @@ impl TopologyStore {
             .flat_map(|(_, seeds)| seeds.iter())
             .map(|k| (k.clone(), InstanceState::new(k.clone())))
             .collect();
-        Self { inner: RwLock::new(StoreInner { instances, aliases, clusters: Vec::new() }) }
+        Self {
+            inner: RwLock::new(StoreInner { instances, aliases, clusters: Vec::new() }),
+            version: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, StoreInner> {
@@ -120,6 +124,27 @@ impl TopologyStore {
     pub fn rebuild(&self, now_unix_ms: i64) {
         let mut inner = self.write();
         inner.clusters = build_clusters(&inner.instances, &inner.aliases, now_unix_ms);
+        drop(inner);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever the clusters are regrouped.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Makes `master` the first seed of `alias`, so the cluster it leads keeps the alias
+    /// after a failover (the old seeds may be dead or fenced on their own).
+    pub fn pin_alias(&self, alias: &str, master: &InstanceKey) {
+        let mut inner = self.write();
+        if let Some((_, seeds)) = inner.aliases.iter_mut().find(|(a, _)| a == alias) {
+            if seeds.first() != Some(master) {
+                seeds.retain(|s| s != master);
+                seeds.insert(0, master.clone());
+            }
+        } else {
+            inner.aliases.push((alias.to_string(), vec![master.clone()]));
+        }
     }
 
     pub fn clusters(&self) -> Vec<ClusterSnapshot> {
@@ -153,84 +178,100 @@ impl TopologyStore {
     }
 }
 
-/// A request to the loop to probe an instance now and, when it answers, keep it.
-struct DiscoverRequest {
-    key: InstanceKey,
-    reply: oneshot::Sender<Result<ClusterInstance, ProbeError>>,
-}
+type ProbeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<InstanceProbe, ProbeError>> + Send>>;
+type ProbeFn = Arc<dyn Fn(InstanceKey) -> ProbeFuture + Send + Sync>;
 
-/// Lets the API ask the loop to discover a new seed.
+/// Probes on demand, outside the loop's rhythm (never waiting behind a round): the
+/// API's discover, and the recovery's "look again now".
 #[derive(Clone)]
 pub struct DiscoveryHandle {
-    requests: mpsc::Sender<DiscoverRequest>,
+    probe: ProbeFn,
+    store: Arc<TopologyStore>,
+    metrics: Arc<Metrics>,
+    /// Outer bound on one probe, in case a prober does not bound itself.
+    deadline: Duration,
 }
 
 impl DiscoveryHandle {
+    async fn probe_timed(&self, key: &InstanceKey) -> (Result<InstanceProbe, ProbeError>, Duration) {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.deadline, (self.probe)(key.clone()))
+            .await
+            .unwrap_or(Err(ProbeError::ReadTimeout(self.deadline)));
+        let latency = started.elapsed();
+        self.metrics.record_probe(key, outcome.is_ok(), latency);
+        (outcome, latency)
+    }
+
+    /// Probes `key` now, records the result and regroups; returns what is known now.
+    pub async fn observe(&self, key: &InstanceKey) -> ClusterInstance {
+        let (outcome, latency) = self.probe_timed(key).await;
+        self.store.record(key, outcome, latency, unix_millis_now());
+        self.store.rebuild(unix_millis_now());
+        self.store.instance(key).unwrap_or_else(|| ClusterInstance {
+            role: Role::Unknown,
+            state: InstanceState::new(key.clone()),
+        })
+    }
+
     /// Probes `key` now; on success it joins the known instances and its cluster is
     /// followed from then on.
     pub async fn discover(&self, key: InstanceKey) -> Result<ClusterInstance, ProbeError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(DiscoverRequest { key, reply })
-            .await
-            .map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?;
-        answer.await.map_err(|_| ProbeError::Unexpected("discovery loop has stopped".into()))?
+        let (outcome, latency) = self.probe_timed(&key).await;
+        let probe = outcome?;
+        self.store.record(&key, Ok(probe), latency, unix_millis_now());
+        self.store.rebuild(unix_millis_now());
+        tracing::info!(instance = %key, "seed added through the API");
+        self.store.instance(&key).ok_or_else(|| ProbeError::Unexpected("instance vanished".into()))
+    }
+
+    pub fn store(&self) -> &Arc<TopologyStore> {
+        &self.store
     }
 }
 
 /// The polling loop.
-pub struct Discovery<P: Prober> {
-    prober: Arc<P>,
-    store: Arc<TopologyStore>,
-    metrics: Arc<Metrics>,
+pub struct Discovery {
+    handle: DiscoveryHandle,
     interval: Duration,
-    /// Outer bound on one probe, in case a prober does not bound itself.
-    probe_deadline: Duration,
-    requests: mpsc::Receiver<DiscoverRequest>,
 }
 
-impl<P: Prober> Discovery<P> {
-    pub fn new(
+impl Discovery {
+    pub fn new<P: Prober>(
         prober: P,
         store: Arc<TopologyStore>,
         metrics: Arc<Metrics>,
         interval: Duration,
         probe_deadline: Duration,
     ) -> (Self, DiscoveryHandle) {
-        let (tx, rx) = mpsc::channel(16);
-        (
-            Self { prober: Arc::new(prober), store, metrics, interval, probe_deadline, requests: rx },
-            DiscoveryHandle { requests: tx },
-        )
-    }
-
-    async fn probe_timed(&self, key: &InstanceKey) -> (Result<InstanceProbe, ProbeError>, Duration) {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(self.probe_deadline, self.prober.probe(key))
-            .await
-            .unwrap_or(Err(ProbeError::ReadTimeout(self.probe_deadline)));
-        let latency = started.elapsed();
-        self.metrics.record_probe(key, outcome.is_ok(), latency);
-        (outcome, latency)
+        let prober = Arc::new(prober);
+        let probe: ProbeFn = Arc::new(move |key: InstanceKey| {
+            let prober = prober.clone();
+            Box::pin(async move { prober.probe(&key).await })
+        });
+        let handle = DiscoveryHandle { probe, store, metrics, deadline: probe_deadline };
+        (Self { handle: handle.clone(), interval }, handle)
     }
 
     /// Probes every known instance once (and whatever those probes newly name), then
     /// regroups clusters.
     pub async fn probe_round(&self) {
-        let mut pending: Vec<InstanceKey> = self.store.known_keys();
+        let h = &self.handle;
+        let mut pending: Vec<InstanceKey> = h.store.known_keys();
         let mut probed: BTreeSet<InstanceKey> = BTreeSet::new();
         for _ in 0..MAX_PASSES_PER_ROUND {
             if pending.is_empty() {
                 break;
             }
-            let results = join_all(pending.iter().map(|k| self.probe_timed(k))).await;
+            let results = join_all(pending.iter().map(|k| h.probe_timed(k))).await;
             let now = unix_millis_now();
             let mut found = Vec::new();
             for (key, (outcome, latency)) in pending.iter().zip(results) {
                 if let Err(e) = &outcome {
                     tracing::debug!(instance = %key, error = %e, "probe failed");
                 }
-                for new in self.store.record(key, outcome, latency, now) {
+                for new in h.store.record(key, outcome, latency, now) {
                     tracing::info!(instance = %new, named_by = %key, "discovered instance");
                     found.push(new);
                 }
@@ -238,28 +279,12 @@ impl<P: Prober> Discovery<P> {
             }
             pending = found.into_iter().filter(|k| !probed.contains(k)).collect();
         }
-        self.store.rebuild(unix_millis_now());
-        self.metrics.set_topology_size(self.store.instance_count(), self.store.clusters().len());
-    }
-
-    async fn handle(&self, request: DiscoverRequest) {
-        let (outcome, latency) = self.probe_timed(&request.key).await;
-        let answer = match outcome {
-            Ok(probe) => {
-                self.store.record(&request.key, Ok(probe), latency, unix_millis_now());
-                self.store.rebuild(unix_millis_now());
-                tracing::info!(instance = %request.key, "seed added through the API");
-                self.store
-                    .instance(&request.key)
-                    .ok_or_else(|| ProbeError::Unexpected("instance vanished".into()))
-            }
-            Err(e) => Err(e),
-        };
-        let _ = request.reply.send(answer);
+        h.store.rebuild(unix_millis_now());
+        h.metrics.set_topology_size(h.store.instance_count(), h.store.clusters().len());
     }
 
     /// Runs until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -267,7 +292,6 @@ impl<P: Prober> Discovery<P> {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = ticks.tick() => self.probe_round().await,
-                Some(request) = self.requests.recv() => self.handle(request).await,
             }
         }
     }
@@ -282,7 +306,7 @@ mod tests {
 
     /// A scripted topology: key → probe answer. Unlisted keys refuse connections.
     struct ScriptedProber {
-        answers: Mutex<HashMap<InstanceKey, Result<InstanceProbe, ProbeError>>>,
+        answers: Arc<Mutex<HashMap<InstanceKey, Result<InstanceProbe, ProbeError>>>>,
         hang: BTreeSet<InstanceKey>,
     }
 
@@ -331,7 +355,7 @@ mod tests {
         }
     }
 
-    fn discovery(prober: ScriptedProber, seeds: &[&str]) -> (Discovery<ScriptedProber>, Arc<TopologyStore>) {
+    fn discovery(prober: ScriptedProber, seeds: &[&str]) -> (Discovery, Arc<TopologyStore>) {
         let store =
             Arc::new(TopologyStore::new(vec![("main".into(), seeds.iter().map(|s| key(s)).collect())]));
         let (d, _handle) = Discovery::new(
@@ -354,7 +378,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_round_from_a_replica_seed_finds_the_whole_cluster() {
-        let prober = ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::new() };
+        let prober =
+            ScriptedProber { answers: Arc::new(Mutex::new(three_node_answers())), hang: BTreeSet::new() };
         let (d, store) = discovery(prober, &["r2:1"]);
         d.probe_round().await;
         let c = store.cluster("main").expect("cluster main");
@@ -366,8 +391,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_instance_times_out_without_stalling_the_round() {
-        let prober =
-            ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::from([key("r1:1")]) };
+        let prober = ScriptedProber {
+            answers: Arc::new(Mutex::new(three_node_answers())),
+            hang: BTreeSet::from([key("r1:1")]),
+        };
         let (d, store) = discovery(prober, &["m:1"]);
         let started = Instant::now();
         d.probe_round().await;
@@ -380,10 +407,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_stops_answering_keeps_its_place_and_shows_its_error() {
-        let prober = ScriptedProber { answers: Mutex::new(three_node_answers()), hang: BTreeSet::new() };
+        let answers = Arc::new(Mutex::new(three_node_answers()));
+        let prober = ScriptedProber { answers: answers.clone(), hang: BTreeSet::new() };
         let (d, store) = discovery(prober, &["m:1"]);
         d.probe_round().await;
-        d.prober.answers.lock().unwrap().remove(&key("r2:1"));
+        answers.lock().unwrap().remove(&key("r2:1"));
         d.probe_round().await;
         d.probe_round().await;
         let r2 = store.instance(&key("r2:1")).unwrap();

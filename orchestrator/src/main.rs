@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,8 +11,11 @@ use orchestrator::api::{self, AppState};
 use orchestrator::config::Config;
 use orchestrator::discovery::{Discovery, TopologyStore};
 use orchestrator::metrics::Metrics;
+use orchestrator::mysql::admin::{AdminSettings, MysqlAdmin, WriteCheck};
 use orchestrator::mysql::{MysqlProber, ProbeSettings};
 use orchestrator::raft::RaftNode;
+use orchestrator::recovery::detector::RecoveryService;
+use orchestrator::recovery::fencing::guard_local_instance;
 
 /// MySQL high-availability peer: discovery, HTTP/gRPC API.
 #[derive(Parser, Debug)]
@@ -55,6 +58,22 @@ async fn run() -> anyhow::Result<()> {
     let store = Arc::new(TopologyStore::new(aliases));
     let metrics = Arc::new(Metrics::new());
     let d = &config.discovery;
+    let admin = Arc::new(MysqlAdmin::new(AdminSettings {
+        user: config.mysql.user.clone(),
+        password: password.clone(),
+        replication_user: config.mysql.replication_user.clone(),
+        replication_password: config.mysql.replication_password.clone().unwrap_or_default(),
+        verify: config.mysql.write_check.as_ref().map(|w| WriteCheck {
+            user: w.user.clone(),
+            password: w.password.clone(),
+            table: w.table.clone(),
+        }),
+        connect_timeout: d.connect_timeout(),
+        statement_timeout: Duration::from_secs(5),
+    }));
+    if config.mysql.write_check.is_none() {
+        tracing::warn!("no [mysql.write_check] account: promotions are verified by read_only only");
+    }
     let prober = MysqlProber::new(ProbeSettings {
         user: config.mysql.user.clone(),
         password,
@@ -82,7 +101,7 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let raft = RaftNode::start(&config, store.clone(), metrics.clone(), stop_rx.clone()).await?;
+    let raft = RaftNode::start(&config, handle.clone(), metrics.clone(), stop_rx.clone()).await?;
     tracing::info!(raft = %config.raft_listen, data_dir = %config.data_dir.display(), "Raft started");
     let discovery_task = tokio::spawn({
         let mut stop = stop_rx.clone();
@@ -94,6 +113,24 @@ async fn run() -> anyhow::Result<()> {
                 .await
         }
     });
+    let config = Arc::new(config);
+    let recovery =
+        Arc::new(RecoveryService::new(raft.clone(), handle.clone(), admin.clone(), config.clone()));
+    tokio::spawn(recovery.clone().run(stop_rx.clone()));
+    match config.local_instance() {
+        Some(local) => {
+            tracing::info!(instance = %local, "guarding the co-located mysqld");
+            tokio::spawn(guard_local_instance(
+                raft.clone(),
+                handle.clone(),
+                admin.clone(),
+                local,
+                Duration::from_millis(config.recovery.fencing_timeout_ms),
+                stop_rx.clone(),
+            ));
+        }
+        None => tracing::warn!("no local instance known (set recovery.local_instance): self-fencing is off"),
+    }
     let state = AppState {
         node_id: config.node_id,
         http_address: config.http_listen,
@@ -102,9 +139,10 @@ async fn run() -> anyhow::Result<()> {
         discovery: handle,
         metrics,
         raft: raft.clone(),
+        recovery,
         http_client: orchestrator::raft::network::peer_http_client(
             config.source_ip(),
-            std::time::Duration::from_secs(10),
+            Duration::from_secs(10),
         ),
     };
     let server = tokio::spawn({

@@ -25,6 +25,43 @@ pub struct HostBlock {
     count: u8,
     _lock: File,
     state_dir: PathBuf,
+    cgroups: Vec<HostCgroup>,
+}
+
+/// A cgroup (v2) holding one simulated host's processes, so `nft` can tell which host
+/// a packet comes from even when it leaves from 127.0.0.1 (clients that cannot bind a
+/// source address, such as mysqld's replication threads).
+#[derive(Debug, Clone)]
+pub struct HostCgroup {
+    /// Directory in the cgroup2 file system.
+    pub dir: PathBuf,
+    /// The same path as `nft ... socket cgroupv2` names it (relative to /sys/fs/cgroup).
+    pub nft_path: String,
+}
+
+/// Where cgroup2 is mounted, if it is, below /sys/fs/cgroup.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2" && dir.starts_with("/sys/fs/cgroup")).then(|| PathBuf::from(dir))
+    })
+}
+
+fn make_cgroups(name: &str, count: u8) -> Vec<HostCgroup> {
+    let Some(mount) = cgroup2_mount() else { return Vec::new() };
+    let relative = mount.strip_prefix("/sys/fs/cgroup").map(|p| p.to_path_buf()).unwrap_or_default();
+    let mut groups = Vec::new();
+    for i in 1..=count {
+        let leaf = format!("orchtest-{}-{i}", name.replace('.', "-"));
+        let dir = mount.join(&leaf);
+        if std::fs::create_dir_all(&dir).is_err() {
+            return Vec::new();
+        }
+        groups.push(HostCgroup { dir, nft_path: relative.join(&leaf).display().to_string() });
+    }
+    groups
 }
 
 impl HostBlock {
@@ -82,7 +119,8 @@ impl HostBlock {
                 }
             }
         }
-        Ok(Some(HostBlock { prefix, count, _lock: lock, state_dir }))
+        let cgroups = make_cgroups(&name, count);
+        Ok(Some(HostBlock { prefix, count, _lock: lock, state_dir, cgroups }))
     }
 
     /// Address of host `i` (1-based).
@@ -95,8 +133,27 @@ impl HostBlock {
         (1..=self.count).map(|i| self.host(i)).collect()
     }
 
+    /// The cgroup of host `i` (1-based), when cgroup v2 is available.
+    pub fn cgroup(&self, i: u8) -> Option<&HostCgroup> {
+        self.cgroups.get(i as usize - 1)
+    }
+
+    /// Each host's cgroup directory (empty entries without cgroup v2).
+    pub fn cgroup_dirs(&self) -> Vec<Option<PathBuf>> {
+        (1..=self.count).map(|i| self.cgroup(i).map(|g| g.dir.clone())).collect()
+    }
+
     /// Per-block directory where spawned processes are recorded for stale cleanup.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+}
+
+impl Drop for HostBlock {
+    fn drop(&mut self) {
+        for g in &self.cgroups {
+            // Fails while processes remain; the next holder of the block retries.
+            let _ = std::fs::remove_dir(&g.dir);
+        }
     }
 }

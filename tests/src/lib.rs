@@ -16,6 +16,7 @@ pub mod netfault;
 pub mod peer;
 pub mod process;
 pub mod raft;
+pub mod writer;
 
 use std::path::PathBuf;
 
@@ -48,10 +49,13 @@ impl TestBed {
         let hosts = HostBlock::reserve(n)?;
         let dir = test_dir("orch-test-")?;
         let addrs = hosts.hosts();
-        let cluster = MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        let cgroups = hosts.cgroup_dirs();
+        let cluster =
+            MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
         let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
         tune(&mut spec);
-        let peers = peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        let peers =
+            peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
         Ok(TestBed { peers, cluster, hosts, dir })
     }
 
@@ -86,8 +90,15 @@ impl PeerBed {
         let dir = test_dir("orch-peers-")?;
         let mut spec = PeerGroupSpec::raft_only();
         tune(&mut spec);
-        let peers =
-            peer::start_peers(&hosts.hosts(), &spec, dir.path(), hosts.state_dir(), Lifetime::Test).await?;
+        let peers = peer::start_peers(
+            &hosts.hosts(),
+            &spec,
+            dir.path(),
+            hosts.state_dir(),
+            Lifetime::Test,
+            &hosts.cgroup_dirs(),
+        )
+        .await?;
         Ok(PeerBed { peers, hosts, dir })
     }
 

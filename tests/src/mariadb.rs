@@ -22,6 +22,8 @@ pub const REPL_USER: &str = "repl";
 pub const REPL_PASSWORD: &str = "repl-pass";
 pub const APP_USER: &str = "app";
 pub const APP_PASSWORD: &str = "app-pass";
+/// The table the orchestrator writes to, as the application, to verify a promotion.
+pub const WRITE_CHECK_TABLE: &str = "app.orchestrator_write_check";
 
 /// One `mariadbd`.
 pub struct MariaDbServer {
@@ -32,6 +34,8 @@ pub struct MariaDbServer {
     config_file: PathBuf,
     state_dir: PathBuf,
     lifetime: Lifetime,
+    /// The simulated host's cgroup (see `hosts::HostCgroup`).
+    pub cgroup: Option<PathBuf>,
     process: Option<ManagedChild>,
 }
 
@@ -86,6 +90,7 @@ impl MariaDbServer {
             config_file,
             state_dir: state_dir.to_path_buf(),
             lifetime,
+            cgroup: None,
             process: None,
         })
     }
@@ -109,6 +114,7 @@ impl MariaDbServer {
             &log,
             &self.state_dir,
             self.lifetime,
+            self.cgroup.as_deref(),
         )?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -197,6 +203,27 @@ impl MariaDbServer {
         Ok(v.flatten())
     }
 
+    /// `SHOW SLAVE STATUS` as column → value (`None` when not a replica).
+    pub async fn slave_status(&self) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+        let mut c = self.root().await?;
+        let row: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await?;
+        c.disconnect().await?;
+        Ok(row.map(|r| {
+            r.columns_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, col)| {
+                    let v = match r.as_ref(i) {
+                        Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                        Some(mysql_async::Value::NULL) | None => String::new(),
+                        Some(other) => other.as_sql(true),
+                    };
+                    (col.name_str().into_owned(), v)
+                })
+                .collect()
+        }))
+    }
+
     /// Replicates from `master` with GTID (`MASTER_USE_GTID=slave_pos`).
     pub async fn replicate_from(&self, master: &MariaDbServer) -> anyhow::Result<()> {
         self.exec(&format!(
@@ -225,11 +252,14 @@ impl MariaDbCluster {
         dir: &Path,
         state_dir: &Path,
         lifetime: Lifetime,
+        cgroups: &[Option<PathBuf>],
     ) -> anyhow::Result<MariaDbCluster> {
         let mut servers = Vec::new();
         for (i, host) in hosts.iter().enumerate() {
             let base = dir.join(format!("mysql-{host}"));
-            servers.push(MariaDbServer::init(i as u32 + 1, host, &base, state_dir, i == 0, lifetime)?);
+            let mut server = MariaDbServer::init(i as u32 + 1, host, &base, state_dir, i == 0, lifetime)?;
+            server.cgroup = cgroups.get(i).cloned().flatten();
+            servers.push(server);
         }
         for s in servers.iter_mut() {
             s.start().await?;
@@ -259,7 +289,8 @@ impl MariaDbCluster {
         master
             .exec(
                 "CREATE DATABASE app; \
-                 CREATE TABLE app.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6))",
+                 CREATE TABLE app.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6)); \
+                 CREATE TABLE app.orchestrator_write_check (id INT PRIMARY KEY, at DATETIME(6))",
             )
             .await?;
         cluster.wait_replicated(Duration::from_secs(30)).await?;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
 /// An active partition; healed on drop.
 pub struct Partition {
     table: String,
@@ -25,7 +27,6 @@ impl Partition {
     /// Cuts every connection between a host of `side_a` and a host of `side_b`, both
     /// ways. Traffic within each side, and with anything else, still flows.
     pub fn cut(side_a: &[String], side_b: &[String]) -> anyhow::Result<Partition> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
         let table = format!("orchtest_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         nft(&["add", "table", "inet", &table])?;
         let partition = Partition { table, active: true };
@@ -55,6 +56,68 @@ impl Partition {
                         "drop",
                     ])?;
                 }
+            }
+        }
+        Ok(partition)
+    }
+
+    /// Cuts host `victim` of `block` off from every other host of the block, both ways,
+    /// whatever source address its processes use (matched by their cgroup).
+    pub fn isolate(block: &crate::hosts::HostBlock, victim: u8) -> anyhow::Result<Partition> {
+        let hosts = block.hosts();
+        let group = |i: u8| {
+            block.cgroup(i).map(|g| g.nft_path.clone()).context("cgroup v2 is not available for partitions")
+        };
+        let table = format!("orchtest_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        nft(&["add", "table", "inet", &table])?;
+        let partition = Partition { table, active: true };
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &partition.table,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        let victim_addr = block.host(victim);
+        let victim_group = format!("\"{}\"", group(victim)?);
+        for i in (1..=hosts.len() as u8).filter(|i| *i != victim) {
+            let other = block.host(i);
+            let other_group = format!("\"{}\"", group(i)?);
+            for (g, dst) in [(&victim_group, &other), (&other_group, &victim_addr)] {
+                nft(&[
+                    "add",
+                    "rule",
+                    "inet",
+                    &partition.table,
+                    "out",
+                    "socket",
+                    "cgroupv2",
+                    "level",
+                    "1",
+                    g,
+                    "ip",
+                    "daddr",
+                    dst,
+                    "drop",
+                ])?;
+            }
+            // Sockets bound to the hosts' own addresses, whoever owns them.
+            for (src, dst) in [(&victim_addr, &other), (&other, &victim_addr)] {
+                nft(&[
+                    "add",
+                    "rule",
+                    "inet",
+                    &partition.table,
+                    "out",
+                    "ip",
+                    "saddr",
+                    src,
+                    "ip",
+                    "daddr",
+                    dst,
+                    "drop",
+                ])?;
             }
         }
         Ok(partition)

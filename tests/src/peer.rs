@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::mariadb::{ORCH_PASSWORD, ORCH_USER};
+use crate::mariadb::{
+    APP_PASSWORD, APP_USER, ORCH_PASSWORD, ORCH_USER, REPL_PASSWORD, REPL_USER, WRITE_CHECK_TABLE,
+};
 use crate::process::{Lifetime, ManagedChild};
 
 /// The repository root (this crate lives in `tests/`).
@@ -59,6 +61,10 @@ pub struct PeerGroupSpec {
     pub read_timeout_ms: u64,
     /// Extra lines for the `[raft]` section (e.g. `snapshot_every_logs = 20`).
     pub raft_settings: Vec<String>,
+    /// Extra lines for the `[recovery]` section (e.g. `hang_window_ms = 1500`).
+    pub recovery_settings: Vec<String>,
+    /// Lines for `[recovery.hooks]` (e.g. `pre_failover = ["sleep 2"]`).
+    pub hooks: Vec<String>,
 }
 
 impl PeerGroupSpec {
@@ -70,6 +76,8 @@ impl PeerGroupSpec {
             connect_timeout_ms: 500,
             read_timeout_ms: 800,
             raft_settings: Vec::new(),
+            recovery_settings: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -89,6 +97,8 @@ pub struct Peer {
     binary: PathBuf,
     state_dir: PathBuf,
     lifetime: Lifetime,
+    /// The simulated host's cgroup (see `hosts::HostCgroup`).
+    pub cgroup: Option<PathBuf>,
     process: Option<ManagedChild>,
 }
 
@@ -113,6 +123,7 @@ impl Peer {
             &self.log_path,
             &self.state_dir,
             self.lifetime,
+            self.cgroup.as_deref(),
         )?);
         Ok(())
     }
@@ -192,13 +203,21 @@ pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &P
     for (i, h) in hosts.iter().enumerate() {
         s += &format!("[[peers]]\nid = {}\nhttp = \"{h}:3000\"\nraft = \"{h}:10008\"\n\n", i + 1);
     }
-    s += &format!("[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\n");
+    s += &format!(
+        "[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\
+         replication_user = \"{REPL_USER}\"\nreplication_password = \"{REPL_PASSWORD}\"\n\n\
+         [mysql.write_check]\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\ntable = \"{WRITE_CHECK_TABLE}\"\n\n"
+    );
     s += &format!(
         "[discovery]\nprobe_interval_ms = {}\nconnect_timeout_ms = {}\nread_timeout_ms = {}\n\n",
         spec.probe_interval_ms, spec.connect_timeout_ms, spec.read_timeout_ms
     );
     if !spec.raft_settings.is_empty() {
         s += &format!("[raft]\n{}\n\n", spec.raft_settings.join("\n"));
+    }
+    s += &format!("[recovery]\n{}\n\n", spec.recovery_settings.join("\n"));
+    if !spec.hooks.is_empty() {
+        s += &format!("[recovery.hooks]\n{}\n\n", spec.hooks.join("\n"));
     }
     if !spec.seeds.is_empty() {
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
@@ -214,6 +233,7 @@ pub async fn start_peers(
     dir: &Path,
     state_dir: &Path,
     lifetime: Lifetime,
+    cgroups: &[Option<PathBuf>],
 ) -> anyhow::Result<Vec<Peer>> {
     let bin = binary("orchestrator")?;
     let mut peers = Vec::new();
@@ -232,6 +252,7 @@ pub async fn start_peers(
             binary: bin.clone(),
             state_dir: state_dir.to_path_buf(),
             lifetime,
+            cgroup: cgroups.get(i).cloned().flatten(),
             process: None,
         };
         peer.spawn()?;

@@ -36,6 +36,7 @@ impl ManagedChild {
         log: &Path,
         state_dir: &Path,
         lifetime: Lifetime,
+        cgroup: Option<&Path>,
     ) -> anyhow::Result<ManagedChild> {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -44,6 +45,21 @@ impl ManagedChild {
             .with_context(|| format!("cannot open log {}", log.display()))?;
         let err = out.try_clone()?;
         command.stdin(Stdio::null()).stdout(out).stderr(err);
+        if let Some(dir) = cgroup {
+            let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                .context("cgroup path")?;
+            // SAFETY: only open/write/close (async-signal-safe) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                    Ok(())
+                });
+            }
+        }
         match lifetime {
             Lifetime::Test => {
                 // SAFETY: prctl is async-signal-safe; runs in the child before exec.

@@ -149,14 +149,9 @@ async fn gtid_sets_match_what_the_servers_report() {
         Err(last) => panic!("expected every gtid_executed = {expected}, API says {last}"),
     };
     for r in &bed.cluster.servers[1..] {
-        let io_pos = r.scalar("SELECT Gtid_IO_Pos FROM information_schema.SLAVE_STATUS").await;
+        let io_pos = r.slave_status().await.unwrap().unwrap()["Gtid_IO_Pos"].clone();
         let i = instance(&seen, &r.key());
-        if let Ok(Some(io_pos)) = io_pos {
-            assert_eq!(i["last_probe"]["replication"]["received"], io_pos.as_str());
-        } else {
-            // MariaDB before 10.5.2 lacks the table; SHOW SLAVE STATUS is what the prober reads.
-            assert_eq!(i["last_probe"]["replication"]["received"], expected.as_str());
-        }
+        assert_eq!(i["last_probe"]["replication"]["received"], io_pos.as_str());
     }
 }
 

@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/discover/{host}/{port}", get(discover))
         .route("/metrics", get(metrics))
         .merge(super::raft::routes())
+        .merge(super::ops::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 
 mod grpc;
 mod http;
+mod ops;
 mod pb;
 mod raft;
 
@@ -13,6 +14,7 @@ use std::time::Instant;
 use crate::discovery::{DiscoveryHandle, TopologyStore};
 use crate::metrics::Metrics;
 use crate::raft::RaftNode;
+use crate::recovery::detector::RecoveryService;
 
 /// What every handler reads.
 #[derive(Clone)]
@@ -24,6 +26,7 @@ pub struct AppState {
     pub discovery: DiscoveryHandle,
     pub metrics: Arc<Metrics>,
     pub raft: Arc<RaftNode>,
+    pub recovery: Arc<RecoveryService>,
     /// For forwarding requests to other peers.
     pub http_client: reqwest::Client,
 }

@@ -90,9 +90,10 @@ async fn state_machine(State(state): State<AppState>) -> Json<serde_json::Value>
 }
 
 /// Sends the same request to the leader and relays its answer.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     headers: &HeaderMap,
+    method: reqwest::Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Response {
@@ -103,7 +104,7 @@ async fn forward(
         return ApiError::from(WriteError::NotLeader { leader: None }).into_response();
     };
     let url = format!("http://{}{path}", leader.http);
-    let mut request = state.http_client.post(&url).header(FORWARDED, state.node_id.to_string());
+    let mut request = state.http_client.request(method, &url).header(FORWARDED, state.node_id.to_string());
     if let Some(body) = body {
         request = request.json(body);
     }
@@ -138,9 +139,15 @@ struct ApplyAnswer {
 }
 
 async fn apply(State(state): State<AppState>, headers: HeaderMap, Json(command): Json<Command>) -> Response {
+    commit(&state, &headers, command).await
+}
+
+/// Commits `command` through Raft (forwarded to the leader by a follower) and answers
+/// with the log index and result; a command the state machine rejects is a 409.
+pub(super) async fn commit(state: &AppState, headers: &HeaderMap, command: Command) -> Response {
     if !state.raft.is_leader() {
         let body = serde_json::to_value(&command).unwrap_or_default();
-        return forward(&state, &headers, "/api/raft/apply", Some(&body)).await;
+        return forward(state, headers, reqwest::Method::POST, "/api/raft/apply", Some(&body)).await;
     }
     match state.raft.write(command).await {
         Ok(outcome) => {
@@ -165,7 +172,7 @@ struct AddPeer {
 async fn add_peer(State(state): State<AppState>, headers: HeaderMap, Json(peer): Json<AddPeer>) -> Response {
     if !state.raft.is_leader() {
         let body = serde_json::to_value(&peer).unwrap_or_default();
-        return forward(&state, &headers, "/api/raft/add-peer", Some(&body)).await;
+        return forward(&state, &headers, reqwest::Method::POST, "/api/raft/add-peer", Some(&body)).await;
     }
     let node = PeerNode { raft: peer.raft, http: peer.http };
     match state.raft.add_peer(peer.id, node).await {
@@ -176,7 +183,14 @@ async fn add_peer(State(state): State<AppState>, headers: HeaderMap, Json(peer):
 
 async fn remove_peer(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<NodeId>) -> Response {
     if !state.raft.is_leader() {
-        return forward(&state, &headers, &format!("/api/raft/remove-peer/{id}"), None).await;
+        return forward(
+            &state,
+            &headers,
+            reqwest::Method::POST,
+            &format!("/api/raft/remove-peer/{id}"),
+            None,
+        )
+        .await;
     }
     match state.raft.remove_peer(id).await {
         Ok(index) => Json(json!({ "removed": id, "log_index": index })).into_response(),

@@ -24,7 +24,7 @@ use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, RaftTuning};
-use crate::discovery::TopologyStore;
+use crate::discovery::DiscoveryHandle;
 use crate::metrics::Metrics;
 use crate::state::{ClusterState, Command, CommandResult, Proposal};
 use quorum::QuorumMonitor;
@@ -178,7 +178,7 @@ impl RaftNode {
     /// has never been part of one.
     pub async fn start(
         config: &Config,
-        topology: Arc<TopologyStore>,
+        discovery: DiscoveryHandle,
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<RaftNode>, RaftStartError> {
@@ -202,7 +202,7 @@ impl RaftNode {
         let listener = tokio::net::TcpListener::bind(config.raft_listen)
             .await
             .map_err(|source| RaftStartError::Listen { addr: config.raft_listen, source })?;
-        let service = service::RaftService::new(config.node_id, raft.clone(), contact.clone(), topology);
+        let service = service::RaftService::new(config.node_id, raft.clone(), contact.clone(), discovery);
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream_from(listener);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::{NodeId, TypeConfig};
-use crate::discovery::TopologyStore;
+use crate::discovery::DiscoveryHandle;
 use crate::topology::InstanceKey;
 
 /// When this peer last heard from a leader (an AppendEntries it accepted).
@@ -37,7 +37,7 @@ pub struct RaftService {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
     contact: Arc<LeaderContact>,
-    topology: Arc<TopologyStore>,
+    discovery: DiscoveryHandle,
 }
 
 impl RaftService {
@@ -45,9 +45,9 @@ impl RaftService {
         node_id: NodeId,
         raft: Raft<TypeConfig>,
         contact: Arc<LeaderContact>,
-        topology: Arc<TopologyStore>,
+        discovery: DiscoveryHandle,
     ) -> Self {
-        Self { node_id, raft, contact, topology }
+        Self { node_id, raft, contact, discovery }
     }
 }
 
@@ -92,19 +92,19 @@ impl RaftRpc for RaftService {
     }
 
     async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {
-        let wanted = request.into_inner().instance;
+        let PeerViewRequest { instance: wanted, probe_now } = request.into_inner();
+        let topology = self.discovery.store();
         let states: Vec<_> = if wanted.is_empty() {
-            self.topology
-                .known_keys()
-                .iter()
-                .filter_map(|k| self.topology.instance(k))
-                .map(|i| i.state)
-                .collect()
+            topology.known_keys().iter().filter_map(|k| topology.instance(k)).map(|i| i.state).collect()
         } else {
             let key: InstanceKey = wanted
                 .parse()
                 .map_err(|e: crate::topology::InstanceKeyError| Status::invalid_argument(e.to_string()))?;
-            self.topology.instance(&key).map(|i| i.state).into_iter().collect()
+            if probe_now {
+                vec![self.discovery.observe(&key).await.state]
+            } else {
+                topology.instance(&key).map(|i| i.state).into_iter().collect()
+            }
         };
         let instances_json =
             serde_json::to_vec(&states).map_err(|e| Status::internal(format!("cannot encode view: {e}")))?;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::plan::{plan_failover, FailoverInput, ReplicaFacts};
+use super::plan::{plan_failover, FailoverInput, FailoverPlan, ReplicaFacts};
 use crate::state::{Command, CommandResult, PromotionRule, RecoveryKind};
 use crate::topology::{InstanceKey, InstanceProbe, ThreadState};
 
@@ -75,7 +75,11 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        Self { apply_wait: Duration::from_secs(10), verify_wait: Duration::from_secs(5), poll: Duration::from_millis(20) }
+        Self {
+            apply_wait: Duration::from_secs(10),
+            verify_wait: Duration::from_secs(5),
+            poll: Duration::from_millis(20),
+        }
     }
 }
 
@@ -193,28 +197,39 @@ pub async fn run_recovery<C: Control, D: Decisions, H: Hooks>(
         epoch,
         ..Default::default()
     };
-    let result = steps(control, decisions, hooks, req, timings, &mut log, id, recorded_candidate, &mut facts).await;
+    let result =
+        steps(control, decisions, hooks, req, timings, &mut log, id, recorded_candidate, &mut facts).await;
     let (success, new_master, summary) = match result {
         Ok((new_master, problems)) if problems.is_empty() => {
             (true, Some(new_master.clone()), format!("promoted {new_master}"))
         }
-        Ok((new_master, problems)) => (
-            false,
-            Some(new_master.clone()),
-            format!("promoted {new_master}, but: {}", problems.join("; ")),
-        ),
+        Ok((new_master, problems)) => {
+            (false, Some(new_master.clone()), format!("promoted {new_master}, but: {}", problems.join("; ")))
+        }
         Err(StepFailure { promoted, reason }) => (false, promoted, reason),
     };
     log.step(if success { "done".to_string() } else { format!("failed: {summary}") });
-    let outcome =
-        Command::RecordRecoveryOutcome { id, success, new_master: new_master.clone(), summary: summary.clone() };
+    let outcome = Command::RecordRecoveryOutcome {
+        id,
+        success,
+        new_master: new_master.clone(),
+        summary: summary.clone(),
+    };
     if let Err(e) = decisions.decide(outcome).await {
         log.step(format!("outcome not recorded ({e}); the next leader finishes this recovery"));
     }
     facts.new_master = new_master.as_ref().map(ToString::to_string).unwrap_or_default();
     facts.summary = summary.clone();
     hooks.post_failover(&facts, success).await;
-    Outcome { id: Some(id), epoch, success, new_master, summary, steps: log.steps, writable_after: log.writable_at }
+    Outcome {
+        id: Some(id),
+        epoch,
+        success,
+        new_master,
+        summary,
+        steps: log.steps,
+        writable_after: log.writable_at,
+    }
 }
 
 fn not_started(log: Log, reason: String) -> Outcome {
@@ -238,6 +253,49 @@ fn fail(reason: impl Into<String>) -> StepFailure {
     StepFailure { promoted: None, reason: reason.into() }
 }
 
+/// Probes the replicas and plans; a switchover target that cannot be promoted is an
+/// error saying why.
+pub async fn choose<C: Control>(
+    control: &C,
+    req: &RecoveryRequest,
+    recorded_candidate: Option<&InstanceKey>,
+    master_probe: Option<&InstanceProbe>,
+) -> Result<FailoverPlan, String> {
+    let probes = futures::future::join_all(req.replicas.iter().map(|k| control.probe(k))).await;
+    let facts_of: Vec<ReplicaFacts> = req
+        .replicas
+        .iter()
+        .zip(probes)
+        .map(|(k, p)| ReplicaFacts {
+            key: k.clone(),
+            probe: p.ok(),
+            downtimed: req.downtimed.contains(k),
+            rule: req.rules.get(k).copied().unwrap_or_default(),
+        })
+        .collect();
+    let plan = plan_failover(&FailoverInput {
+        failed_master: &req.failed_master,
+        master_probe,
+        replicas: &facts_of,
+        force: req.kind == RecoveryKind::ForcedFailover,
+        max_lag_s: req.max_lag_s,
+        chosen: recorded_candidate.or(req.target.as_ref()),
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(target) = &req.target {
+        if &plan.candidate != target {
+            let why = plan
+                .passed_over
+                .iter()
+                .find(|(k, _)| k == target)
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "not reachable".into());
+            return Err(format!("{target} cannot be promoted: {why}"));
+        }
+    }
+    Ok(plan)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn steps<C: Control, D: Decisions, H: Hooks>(
     control: &C,
@@ -253,49 +311,33 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     let switchover = req.kind == RecoveryKind::Switchover;
     hooks.pre_failover(facts).await.map_err(|e| fail(format!("aborted by the pre-failover hook: {e}")))?;
 
-    // 2. Fence the old master, when it answers at all. A switchover needs it.
+    // 2. Fence the old master, when it answers at all. A switchover needs it, and
+    //    checks its candidate first: a refused switchover leaves the master writable.
+    let early_plan = if switchover {
+        Some(
+            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+                .await
+                .map_err(fail)?,
+        )
+    } else {
+        None
+    };
     match control.fence(&req.failed_master).await {
         Ok(()) => log.step(format!("fenced {}", req.failed_master)),
-        Err(e) if switchover => return Err(fail(format!("cannot make {} read-only: {e}", req.failed_master))),
+        Err(e) if switchover => {
+            return Err(fail(format!("cannot make {} read-only: {e}", req.failed_master)))
+        }
         Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
     }
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
 
     // 3. Choose the candidate from fresh probes.
-    let probes = futures::future::join_all(req.replicas.iter().map(|k| control.probe(k))).await;
-    let facts_of: Vec<ReplicaFacts> = req
-        .replicas
-        .iter()
-        .zip(probes)
-        .map(|(k, p)| ReplicaFacts {
-            key: k.clone(),
-            probe: p.ok(),
-            downtimed: req.downtimed.contains(k),
-            rule: req.rules.get(k).copied().unwrap_or_default(),
-        })
-        .collect();
-    let chosen = recorded_candidate.as_ref().or(req.target.as_ref());
-    let master_probe = master_now.as_ref().or(req.master_probe.as_ref());
-    let plan = plan_failover(&FailoverInput {
-        failed_master: &req.failed_master,
-        master_probe,
-        replicas: &facts_of,
-        force: req.kind == RecoveryKind::ForcedFailover,
-        max_lag_s: req.max_lag_s,
-        chosen,
-    })
-    .map_err(|e| fail(e.to_string()))?;
-    if let Some(target) = &req.target {
-        if &plan.candidate != target {
-            let why = plan
-                .passed_over
-                .iter()
-                .find(|(k, _)| k == target)
-                .map(|(_, w)| w.clone())
-                .unwrap_or_else(|| "not reachable".into());
-            return Err(fail(format!("{target} cannot be promoted: {why}")));
-        }
-    }
+    let plan = match early_plan {
+        Some(plan) => plan,
+        None => choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+            .await
+            .map_err(fail)?,
+    };
     let candidate = plan.candidate.clone();
     log.step(format!("candidate {candidate} (passed over: {:?})", plan.passed_over));
     if recorded_candidate.is_none() {
@@ -313,7 +355,10 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         })
         .await
         .map_err(|e| fail(format!("donor {donor} did not apply its relay log: {e}")))?;
-        control.replicate_from(&candidate, donor).await.map_err(|e| fail(format!("catch-up from {donor}: {e}")))?;
+        control
+            .replicate_from(&candidate, donor)
+            .await
+            .map_err(|e| fail(format!("catch-up from {donor}: {e}")))?;
         let donor_has = control.probe(donor).await.map_err(fail)?.gtid_executed;
         poll_until(timings, timings.apply_wait, || async {
             control.probe(&candidate).await.map(|p| donor_has.is_subset_of(&p.gtid_executed))
@@ -340,7 +385,8 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     control.promote(&candidate, semi_sync).await.map_err(|e| fail(format!("promote {candidate}: {e}")))?;
     log.step(format!("promoted {candidate}"));
     let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
-    let repointed = futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate))).await;
+    let repointed =
+        futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate))).await;
     let mut problems = Vec::new();
     for (k, r) in to_repoint.iter().zip(repointed) {
         if let Err(e) = r {
@@ -362,7 +408,9 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     for k in &to_repoint {
         let connected = poll_until(timings, timings.verify_wait, || async {
             let p = control.probe(k).await?;
-            Ok(p.replication.as_ref().is_some_and(|r| r.source == candidate && r.io_thread == ThreadState::Running))
+            Ok(p.replication
+                .as_ref()
+                .is_some_and(|r| r.source == candidate && r.io_thread == ThreadState::Running))
         })
         .await;
         if let Err(e) = connected {

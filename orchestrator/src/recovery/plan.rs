@@ -154,7 +154,11 @@ pub fn plan_failover(input: &FailoverInput) -> Result<FailoverPlan, PlanError> {
                     rest.sort_by(order);
                     *rest.first().ok_or_else(|| PlanError::NoCandidate {
                         master: input.failed_master.clone(),
-                        reasons: passed_over.iter().map(|(k, why)| format!("{k}: {why}")).collect::<Vec<_>>().join("; "),
+                        reasons: passed_over
+                            .iter()
+                            .map(|(k, why)| format!("{k}: {why}"))
+                            .collect::<Vec<_>>()
+                            .join("; "),
                     })?
                 }
             }
@@ -235,11 +239,9 @@ mod tests {
 
     #[test]
     fn the_replica_that_received_the_most_wins_over_preference() {
-        let p = plan(&[
-            replica("a:1", "0-1-90", "0-1-100", Neutral),
-            replica("b:1", "0-1-98", "0-1-98", Prefer),
-        ])
-        .unwrap();
+        let p =
+            plan(&[replica("a:1", "0-1-90", "0-1-100", Neutral), replica("b:1", "0-1-98", "0-1-98", Prefer)])
+                .unwrap();
         assert_eq!(p.candidate, key("a:1"), "a has the acknowledged commits 99-100 in its relay log");
         assert_eq!(p.donor, None);
         assert_eq!(p.repoint, vec![key("b:1")]);

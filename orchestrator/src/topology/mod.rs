@@ -324,14 +324,25 @@ pub fn build_clusters(
     for key in instances.keys() {
         members.entry(root_of(key, instances)).or_default().push(key.clone());
     }
+    // Each alias goes to one cluster: the one holding its earliest seed.
+    let mut alias_of: BTreeMap<&InstanceKey, &str> = BTreeMap::new();
+    for (alias, seeds) in aliases {
+        let root = seeds.iter().find_map(|s| {
+            members
+                .iter()
+                .find(|(root, keys)| keys.contains(s) && !alias_of.contains_key(root))
+                .map(|(r, _)| r)
+        });
+        if let Some(root) = root {
+            alias_of.insert(root, alias);
+        }
+    }
+    let alias_of: BTreeMap<InstanceKey, String> =
+        alias_of.into_iter().map(|(k, a)| (k.clone(), a.to_string())).collect();
     let mut clusters: Vec<ClusterSnapshot> = members
         .into_iter()
         .map(|(root, keys)| {
-            let alias = aliases
-                .iter()
-                .find(|(_, seeds)| seeds.iter().any(|s| keys.contains(s)))
-                .map(|(alias, _)| alias.clone())
-                .unwrap_or_else(|| root.to_string());
+            let alias = alias_of.get(&root).cloned().unwrap_or_else(|| root.to_string());
             let instances = keys
                 .iter()
                 .map(|k| {
@@ -497,6 +508,19 @@ mod tests {
         assert_eq!(clusters[0].master, key("a:1"));
         assert_eq!(clusters[0].instances.len(), 3);
         assert_eq!(clusters[1].alias, "x:1");
+    }
+
+    #[test]
+    fn an_alias_goes_to_the_cluster_of_its_earliest_seed_only() {
+        // After a failover: b is the new master (pinned first), a the old one, alone.
+        let states = map(vec![probed("a:1", None), probed("b:1", None), probed("c:1", Some("b:1"))]);
+        let aliases = vec![("main".to_string(), vec![key("b:1"), key("a:1")])];
+        let clusters = build_clusters(&states, &aliases, 0);
+        assert_eq!(clusters.len(), 2);
+        let main: Vec<_> = clusters.iter().filter(|c| c.alias == "main").collect();
+        assert_eq!(main.len(), 1);
+        assert_eq!(main[0].master, key("b:1"));
+        assert!(clusters.iter().any(|c| c.alias == "a:1"));
     }
 
     #[test]

@@ -83,13 +83,13 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
     let hosts = block.hosts();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
-    let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached)
+    let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
         .context("starting MariaDB")?;
     println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
     println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
     let spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
-    let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached)
+    let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
         .context("starting orchestrator peers")?;
     let state = SandboxState {

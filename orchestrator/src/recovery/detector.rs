@@ -1,0 +1,581 @@
+//! The leader's recovery loop: registers discovered clusters in Raft, analyzes each
+//! one, and acts: failover of a dead master (with a majority of peers agreeing),
+//! fencing of instances that must not be writable, and rejoining a returned old master.
+//!
+//! Speed: it wakes on every change of the topology, and while a master looks down it
+//! looks again at once (the master, its replicas, and every peer through `PeerView`)
+//! instead of waiting for the next poll. A sentinel TCP connection to each master
+//! notices a killed `mysqld` the moment its socket closes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_proto::raft::raft_client::RaftClient;
+use orch_proto::raft::PeerViewRequest;
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+
+use super::executor::{choose, run_recovery, HookFacts, Outcome, RecoveryRequest, Timings};
+use super::shell::{MysqlControl, ShellHooks};
+use crate::analysis::{analyze, AnalysisCode, AnalysisInput, AnalysisSettings, PeerObservation, Problem};
+use crate::config::Config;
+use crate::discovery::DiscoveryHandle;
+use crate::mysql::admin::MysqlAdmin;
+use crate::raft::{network, NodeId, RaftNode};
+use crate::state::{ClusterState, Command, RecoveryKind, RecoveryRecord};
+use crate::topology::{ClusterSnapshot, InstanceKey, InstanceState};
+use crate::unix_millis_now;
+
+/// What the loop last concluded, for the API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Findings {
+    pub problems: BTreeMap<String, Vec<Problem>>,
+    pub checked_unix_ms: i64,
+}
+
+/// An operator's request (API): switchover or forced failover.
+#[derive(Debug, Clone)]
+pub struct ManualRecovery {
+    pub cluster: String,
+    pub target: Option<InstanceKey>,
+    pub kind: RecoveryKind,
+}
+
+pub struct RecoveryService {
+    node: Arc<RaftNode>,
+    discovery: DiscoveryHandle,
+    admin: Arc<MysqlAdmin>,
+    config: Arc<Config>,
+    hooks: ShellHooks,
+    findings: Mutex<Findings>,
+    /// One recovery at a time on this peer.
+    busy: tokio::sync::Mutex<()>,
+    peer_clients: Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
+    sentinels: Mutex<BTreeMap<InstanceKey, tokio::task::JoinHandle<()>>>,
+    /// Problems already reported by hook/log, so each is announced once.
+    announced: Mutex<BTreeSet<(String, AnalysisCode, InstanceKey)>>,
+    last_outcome: Mutex<Option<Outcome>>,
+}
+
+impl RecoveryService {
+    pub fn new(
+        node: Arc<RaftNode>,
+        discovery: DiscoveryHandle,
+        admin: Arc<MysqlAdmin>,
+        config: Arc<Config>,
+    ) -> Self {
+        let hooks = ShellHooks { config: config.recovery.hooks.clone() };
+        Self {
+            node,
+            discovery,
+            admin,
+            config,
+            hooks,
+            findings: Mutex::new(Findings::default()),
+            busy: tokio::sync::Mutex::new(()),
+            peer_clients: Mutex::new(BTreeMap::new()),
+            sentinels: Mutex::new(BTreeMap::new()),
+            announced: Mutex::new(BTreeSet::new()),
+            last_outcome: Mutex::new(None),
+        }
+    }
+
+    pub fn findings(&self) -> Findings {
+        self.findings.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// The last recovery this peer ran (with its step timings).
+    pub fn last_outcome(&self) -> Option<Outcome> {
+        self.last_outcome.lock().ok().and_then(|o| o.clone())
+    }
+
+    fn settings(&self) -> AnalysisSettings {
+        AnalysisSettings {
+            hang_window_ms: self.config.recovery.hang_window_ms as i64,
+            lag_threshold_s: self.config.recovery.lag_threshold_s,
+            ..Default::default()
+        }
+    }
+
+    fn timings(&self) -> Timings {
+        Timings {
+            apply_wait: Duration::from_millis(self.config.recovery.apply_wait_ms),
+            ..Default::default()
+        }
+    }
+
+    /// Runs until shutdown: wakes on topology changes and at least every 250 ms.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut changes = self.discovery.store().subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if !self.node.is_leader() || !self.node.has_quorum_contact() {
+                self.stop_sentinels();
+                continue;
+            }
+            self.tick().await;
+        }
+        self.stop_sentinels();
+    }
+
+    async fn tick(self: &Arc<Self>) {
+        let (_, state) = self.node.state();
+        // An unfinished recovery (its leader died) is finished first.
+        if let Some(open) = state.recoveries.iter().find(|r| r.is_open()).cloned() {
+            self.resume(&open, &state).await;
+            return;
+        }
+        self.register_clusters(&state).await;
+        let (_, state) = self.node.state();
+        let mut findings = Findings { checked_unix_ms: unix_millis_now(), ..Default::default() };
+        let masters: BTreeSet<InstanceKey> =
+            state.clusters.values().filter_map(|c| c.master.clone()).collect();
+        self.keep_sentinels(&masters);
+        for (alias, record) in &state.clusters {
+            let Some(master) = &record.master else { continue };
+            self.discovery.store().pin_alias(alias, master);
+            self.ensure_sentinel(master);
+            let Some(snapshot) = self.discovery.store().cluster(alias) else { continue };
+            let problems = self.analyze_cluster(alias, &snapshot, master, &state).await;
+            findings.problems.insert(alias.clone(), problems.clone());
+            self.act(alias, master, &problems, &state).await;
+        }
+        self.handle_former_masters(&state).await;
+        if let Ok(mut f) = self.findings.lock() {
+            *f = findings;
+        }
+    }
+
+    /// Clusters discovered with a writable master and at least one replica become
+    /// registered in Raft, with that master. Former masters are never registered.
+    async fn register_clusters(&self, state: &ClusterState) {
+        let former: BTreeSet<&InstanceKey> =
+            state.recoveries.iter().filter_map(|r| r.failed_master.as_ref()).collect();
+        let known_masters: BTreeSet<&InstanceKey> =
+            state.clusters.values().filter_map(|c| c.master.as_ref()).collect();
+        for c in self.discovery.store().clusters() {
+            if state.clusters.get(&c.alias).is_some_and(|r| r.master.is_some())
+                || former.contains(&c.master)
+                || known_masters.contains(&c.master)
+            {
+                continue;
+            }
+            let Some(m) = c.instance(&c.master) else { continue };
+            let writable = m.state.reachable && m.state.last_probe.as_ref().is_some_and(|p| !p.read_only);
+            let configured = self.config.clusters.iter().any(|cc| cc.alias == c.alias);
+            if !writable || (c.instances.len() < 2 && !configured) {
+                continue;
+            }
+            let command = Command::RegisterCluster {
+                alias: c.alias.clone(),
+                seeds: vec![c.master.clone()],
+                master: Some(c.master.clone()),
+            };
+            match self.node.write(command).await {
+                Ok(_) => tracing::info!(cluster = %c.alias, master = %c.master, "cluster registered"),
+                Err(e) => tracing::warn!(cluster = %c.alias, error = %e, "cannot register cluster"),
+            }
+        }
+    }
+
+    async fn analyze_cluster(
+        &self,
+        alias: &str,
+        snapshot: &ClusterSnapshot,
+        raft_master: &InstanceKey,
+        state: &ClusterState,
+    ) -> Vec<Problem> {
+        let now = unix_millis_now();
+        let downtimed: BTreeSet<InstanceKey> =
+            state.downtimes.iter().filter(|(_, d)| d.until_unix_ms > now).map(|(k, _)| k.clone()).collect();
+        let voters = self.node.status().members.iter().filter(|m| m.voter).count();
+        let settings = self.settings();
+        let master_down = snapshot.instance(&snapshot.master).is_some_and(|m| !m.state.reachable);
+        let (snapshot, observations) = if master_down {
+            // Look again now: the master, its replicas, and every other peer's eyes.
+            let master = snapshot.master.clone();
+            let replicas: Vec<InstanceKey> =
+                snapshot.instances.iter().map(|i| i.state.key.clone()).filter(|k| k != &master).collect();
+            let (_, _, observations) = tokio::join!(
+                self.discovery.observe(&master),
+                futures::future::join_all(replicas.iter().map(|r| self.discovery.observe(r))),
+                self.ask_peers(&master)
+            );
+            match self.discovery.store().cluster(alias) {
+                Some(fresh) => (fresh, observations),
+                None => (snapshot.clone(), observations),
+            }
+        } else {
+            (snapshot.clone(), Vec::new())
+        };
+        analyze(&AnalysisInput {
+            snapshot: &snapshot,
+            raft_master: Some(raft_master),
+            observations: &observations,
+            voters,
+            downtimed: &downtimed,
+            settings: &settings,
+            now_unix_ms: unix_millis_now(),
+        })
+    }
+
+    /// Every other voter's fresh probe of `instance`.
+    async fn ask_peers(&self, instance: &InstanceKey) -> Vec<PeerObservation> {
+        let members: Vec<(NodeId, String)> = self
+            .node
+            .status()
+            .members
+            .into_iter()
+            .filter(|m| m.voter && m.id != self.node.id)
+            .map(|m| (m.id, m.raft))
+            .collect();
+        let mut calls = Vec::new();
+        {
+            let Ok(mut clients) = self.peer_clients.lock() else { return Vec::new() };
+            for (id, addr) in members {
+                let stale = clients.get(&id).is_none_or(|(a, _)| a != &addr);
+                if stale {
+                    match network::peer_channel(&addr, Duration::from_millis(300), self.config.source_ip()) {
+                        Some(c) => {
+                            clients.insert(id, (addr.clone(), c));
+                        }
+                        None => continue,
+                    }
+                }
+                if let Some((_, c)) = clients.get(&id) {
+                    calls.push((id, c.clone()));
+                }
+            }
+        }
+        let d = &self.config.discovery;
+        let timeout = d.connect_timeout() + d.read_timeout() + Duration::from_millis(300);
+        let asks = calls.into_iter().map(|(id, mut client)| {
+            let instance = instance.to_string();
+            async move {
+                let mut req = tonic::Request::new(PeerViewRequest { instance, probe_now: true });
+                req.set_timeout(timeout);
+                let reply = client.peer_view(req).await.ok()?.into_inner();
+                let states: Vec<InstanceState> = serde_json::from_slice(&reply.instances_json).ok()?;
+                let s = states.into_iter().next()?;
+                Some(PeerObservation {
+                    peer: id,
+                    instance: s.key,
+                    reachable: s.reachable,
+                    failure: s.failure,
+                    checked_unix_ms: s.last_checked_unix_ms,
+                })
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    /// Whether automatic recovery of `alias` is allowed now; why not otherwise.
+    fn recovery_blocked(&self, alias: &str, master: &InstanceKey, state: &ClusterState) -> Option<String> {
+        if !self.config.recovery.automatic {
+            return Some("automatic recovery is off in the config".into());
+        }
+        if !state.recoveries_enabled {
+            return Some("recoveries are disabled (API)".into());
+        }
+        let now = unix_millis_now();
+        if state.is_downtimed(master, now) {
+            return Some(format!("master {master} is downtimed"));
+        }
+        let anti_flap_ms = self.config.recovery.anti_flap_s as i64 * 1000;
+        let recent = state.recoveries.iter().rev().find(|r| {
+            r.kind != RecoveryKind::Switchover
+                && r.cluster == alias
+                && r.acknowledged_by.is_none()
+                && r.ended_unix_ms.is_some_and(|end| now - end < anti_flap_ms)
+        });
+        recent.map(|r| {
+            format!("recovery {} ended less than {} s ago and is not acknowledged", r.id, anti_flap_ms / 1000)
+        })
+    }
+
+    async fn act(
+        self: &Arc<Self>,
+        alias: &str,
+        master: &InstanceKey,
+        problems: &[Problem],
+        state: &ClusterState,
+    ) {
+        let mut newly_dead = false;
+        for p in problems {
+            let fresh = self
+                .announced
+                .lock()
+                .map(|mut a| a.insert((alias.to_string(), p.code, p.instance.clone())))
+                .unwrap_or(false);
+            if fresh {
+                tracing::warn!(cluster = alias, code = %p.code, instance = %p.instance, reason = %p.reason, "problem");
+                newly_dead |= p.needs_failover && &p.instance == master;
+            }
+            match p.code {
+                AnalysisCode::MultipleWriteableMasters | AnalysisCode::ReplicaIsWritable
+                    if &p.instance != master =>
+                {
+                    match self.admin.fence(&p.instance).await {
+                        Ok(()) => {
+                            tracing::warn!(instance = %p.instance, "fenced: writable but not the master")
+                        }
+                        Err(e) => tracing::error!(instance = %p.instance, error = %e, "cannot fence"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Ok(mut a) = self.announced.lock() {
+            a.retain(|(c, code, k)| {
+                c != alias || problems.iter().any(|p| p.code == *code && &p.instance == k)
+            });
+        }
+        let Some(dead) = problems.iter().find(|p| p.needs_failover && &p.instance == master) else { return };
+        if newly_dead {
+            let facts = HookFacts {
+                cluster: alias.to_string(),
+                failed_master: master.to_string(),
+                reason: dead.reason.clone(),
+                ..Default::default()
+            };
+            self.hooks.on_detection(&facts).await;
+        }
+        if let Some(why) = self.recovery_blocked(alias, master, state) {
+            tracing::warn!(cluster = alias, code = %dead.code, reason = %why, "not recovering");
+            return;
+        }
+        let request = self.request(
+            alias,
+            master,
+            state,
+            RecoveryKind::Failover,
+            None,
+            format!("{}: {}", dead.code, dead.reason),
+        );
+        self.execute(request).await;
+    }
+
+    fn request(
+        &self,
+        alias: &str,
+        master: &InstanceKey,
+        state: &ClusterState,
+        kind: RecoveryKind,
+        target: Option<InstanceKey>,
+        reason: String,
+    ) -> RecoveryRequest {
+        let snapshot = self.discovery.store().cluster(alias);
+        let master_state = self.discovery.store().instance(master).map(|i| i.state);
+        let replicas: Vec<InstanceKey> = snapshot
+            .iter()
+            .flat_map(|s| s.instances.iter())
+            .map(|i| i.state.key.clone())
+            .filter(|k| k != master)
+            .collect();
+        let now = unix_millis_now();
+        let master_probe = master_state.and_then(|s| s.last_probe);
+        let semi_sync = master_probe.as_ref().is_some_and(|p| p.semi_sync.master_enabled);
+        RecoveryRequest {
+            cluster: alias.to_string(),
+            failed_master: master.clone(),
+            master_probe,
+            replicas,
+            reason,
+            kind,
+            target,
+            rules: state.promotion_rules.clone(),
+            downtimed: state
+                .downtimes
+                .iter()
+                .filter(|(_, d)| d.until_unix_ms > now)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            max_lag_s: self.config.recovery.max_lag_on_failover_s,
+            semi_sync,
+            resume: None,
+        }
+    }
+
+    async fn execute(&self, request: RecoveryRequest) -> Outcome {
+        let _one_at_a_time = self.busy.lock().await;
+        let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
+        let outcome =
+            run_recovery(&control, self.node.as_ref(), &self.hooks, &request, &self.timings()).await;
+        if let Some(new_master) = &outcome.new_master {
+            self.discovery.store().pin_alias(&request.cluster, new_master);
+        }
+        tracing::info!(
+            cluster = %request.cluster,
+            success = outcome.success,
+            new_master = ?outcome.new_master,
+            summary = %outcome.summary,
+            steps = %outcome.steps.join(" | "),
+            "recovery finished"
+        );
+        if let Ok(mut o) = self.last_outcome.lock() {
+            *o = Some(outcome.clone());
+        }
+        outcome
+    }
+
+    /// Finishes a recovery a previous leader left open.
+    async fn resume(&self, open: &RecoveryRecord, state: &ClusterState) {
+        let Some(master) = open.failed_master.clone() else { return };
+        tracing::warn!(recovery = open.id, cluster = %open.cluster, "finishing a recovery left open by another leader");
+        let mut request = self.request(&open.cluster, &master, state, open.kind, None, open.reason.clone());
+        request.resume = Some((open.id, open.epoch, open.candidate.clone()));
+        self.execute(request).await;
+    }
+
+    /// Runs an operator's switchover or forced failover now.
+    pub async fn manual(&self, m: ManualRecovery) -> Result<Outcome, String> {
+        let (_, state) = self.node.state();
+        let record =
+            state.clusters.get(&m.cluster).ok_or_else(|| format!("no registered cluster `{}`", m.cluster))?;
+        let master =
+            record.master.clone().ok_or_else(|| format!("cluster `{}` has no master recorded", m.cluster))?;
+        if let Some(open) = state.recoveries.iter().find(|r| r.cluster == m.cluster && r.is_open()) {
+            return Err(format!("recovery {} of {} is still running", open.id, m.cluster));
+        }
+        let reason = match m.kind {
+            RecoveryKind::Switchover => "planned switchover requested through the API".to_string(),
+            _ => "forced failover requested through the API".to_string(),
+        };
+        let request = self.request(&m.cluster, &master, &state, m.kind, m.target, reason);
+        if m.kind == RecoveryKind::Switchover {
+            // Refuse before anything is recorded or touched.
+            let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
+            let plan = choose(&control, &request, None, request.master_probe.as_ref()).await?;
+            tracing::info!(cluster = %m.cluster, candidate = %plan.candidate, "switchover accepted");
+        }
+        Ok(self.execute(request).await)
+    }
+
+    /// Old masters that came back: fenced at once if writable, then rejoined as replicas
+    /// of the current master when they have nothing it lacks, or left fenced with their
+    /// errant GTIDs reported.
+    async fn handle_former_masters(&self, state: &ClusterState) {
+        for r in state.recoveries.iter().filter(|r| !r.is_open()) {
+            let (Some(old), Some(current)) =
+                (r.failed_master.as_ref(), state.clusters.get(&r.cluster).and_then(|c| c.master.as_ref()))
+            else {
+                continue;
+            };
+            if old == current {
+                continue;
+            }
+            let Some(seen) = self.discovery.store().instance(old) else { continue };
+            let Some(probe) = seen.state.last_probe.as_ref().filter(|_| seen.state.reachable) else {
+                continue;
+            };
+            if probe.replication.as_ref().is_some_and(|rep| &rep.source == current) {
+                continue;
+            }
+            if !probe.read_only {
+                match self.admin.fence(old).await {
+                    Ok(()) => tracing::warn!(instance = %old, "former master came back writable: fenced"),
+                    Err(e) => {
+                        tracing::error!(instance = %old, error = %e, "cannot fence former master");
+                        continue;
+                    }
+                }
+            }
+            let Some(master_probe) =
+                self.discovery.store().instance(current).and_then(|i| i.state.last_probe)
+            else {
+                continue;
+            };
+            let extra = probe.gtid_executed.subtract(&master_probe.gtid_executed);
+            if !extra.is_empty() {
+                let key = (r.cluster.clone(), AnalysisCode::ErrantGtid, old.clone());
+                if self.announced.lock().map(|mut a| a.insert(key)).unwrap_or(false) {
+                    tracing::error!(instance = %old, errant = %extra, "ErrantGTID: former master has transactions the new master lacks; left fenced");
+                }
+                continue;
+            }
+            match self.admin.replicate_from(old, current).await {
+                Ok(()) => {
+                    tracing::info!(instance = %old, master = %current, "former master rejoined as a replica")
+                }
+                Err(e) => tracing::error!(instance = %old, error = %e, "cannot rejoin former master"),
+            }
+        }
+    }
+
+    fn ensure_sentinel(self: &Arc<Self>, master: &InstanceKey) {
+        let Ok(mut sentinels) = self.sentinels.lock() else { return };
+        if sentinels.get(master).is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let me = self.clone();
+        let key = master.clone();
+        sentinels.insert(master.clone(), tokio::spawn(async move { me.sentinel(key).await }));
+    }
+
+    /// Stops the sentinels of instances that are no longer masters.
+    fn keep_sentinels(&self, masters: &BTreeSet<InstanceKey>) {
+        if let Ok(mut sentinels) = self.sentinels.lock() {
+            sentinels.retain(|k, task| {
+                let keep = masters.contains(k);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+        }
+    }
+
+    fn stop_sentinels(&self) {
+        if let Ok(mut sentinels) = self.sentinels.lock() {
+            for (_, task) in std::mem::take(&mut *sentinels) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Holds an idle TCP connection to `master`; when it closes, the master is probed
+    /// at once (a killed `mysqld` closes every socket immediately).
+    async fn sentinel(&self, master: InstanceKey) {
+        let source = self.config.source_ip();
+        loop {
+            match sentinel_connect(&master, source).await {
+                Ok(mut stream) => {
+                    let mut buf = [0u8; 512];
+                    // The server greets, then closes after its handshake timeout or death.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    self.discovery.observe(&master).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+async fn sentinel_connect(
+    master: &InstanceKey,
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let addr: SocketAddr = tokio::net::lookup_host((master.host.as_str(), master.port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    tokio::time::timeout(Duration::from_millis(500), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("connect timeout"))?
+}

@@ -1,0 +1,124 @@
+//! The application in failover tests: a writer that inserts sequential ids as the
+//! application user into whichever server takes writes, and records exactly which
+//! inserts were acknowledged. Afterwards every acknowledged id must be on the new master.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+use crate::mariadb::{APP_PASSWORD, APP_USER};
+
+/// What the writer saw.
+#[derive(Debug, Clone, Default)]
+pub struct WriterReport {
+    /// Ids whose INSERT returned OK.
+    pub acknowledged: Vec<u64>,
+    /// Ids whose INSERT failed or timed out (may or may not have happened).
+    pub unknown: Vec<u64>,
+    /// The longest time between two acknowledged writes.
+    pub longest_gap: Duration,
+    /// When that gap ended (since the writer started).
+    pub longest_gap_end: Duration,
+}
+
+/// A writer running in the background until stopped.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<WriterReport>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn connect(host: &str) -> Option<Conn> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(host.to_string())
+        .tcp_port(3306)
+        .user(Some(APP_USER))
+        .pass(Some(APP_PASSWORD))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    tokio::time::timeout(Duration::from_millis(500), Conn::new(opts)).await.ok()?.ok()
+}
+
+/// The first of `hosts` that answers and is writable.
+async fn find_master(hosts: &[String]) -> Option<Conn> {
+    for h in hosts {
+        let Some(mut c) = connect(h).await else { continue };
+        let ro: Option<Option<i64>> =
+            tokio::time::timeout(Duration::from_millis(500), c.query_first("SELECT @@read_only"))
+                .await
+                .ok()?
+                .ok();
+        if ro == Some(Some(0)) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+impl Writer {
+    /// Starts inserting into `app.writes`, every `pause`, on whichever of `hosts` is
+    /// writable; an insert gets `timeout` to be acknowledged.
+    pub fn start(hosts: Vec<String>, pause: Duration, timeout: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(WriterReport::default()));
+        let (s, r) = (stop.clone(), report.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut last_ack = started;
+            let mut conn: Option<Conn> = None;
+            let mut id: u64 = 1_000_000;
+            while !s.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = find_master(&hosts).await;
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                id += 1;
+                let c = conn.as_mut().expect("connected");
+                let sql = format!("INSERT INTO app.writes (id) VALUES ({id})");
+                match tokio::time::timeout(timeout, c.query_drop(sql)).await {
+                    Ok(Ok(())) => {
+                        let now = Instant::now();
+                        let mut rep = r.lock().expect("report");
+                        rep.acknowledged.push(id);
+                        if now - last_ack > rep.longest_gap {
+                            rep.longest_gap = now - last_ack;
+                            rep.longest_gap_end = now - started;
+                        }
+                        last_ack = now;
+                    }
+                    _ => {
+                        r.lock().expect("report").unknown.push(id);
+                        conn = None;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+        });
+        Writer { stop, report, task }
+    }
+
+    /// Acknowledged writes so far.
+    pub fn acknowledged(&self) -> usize {
+        self.report.lock().map(|r| r.acknowledged.len()).unwrap_or(0)
+    }
+
+    /// Stops and returns what happened.
+    pub async fn stop(self) -> WriterReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// Ids in `app.writes` on `host` (read as the application).
+pub async fn ids_on(host: &str) -> anyhow::Result<std::collections::BTreeSet<u64>> {
+    let mut c = connect(host).await.ok_or_else(|| anyhow::anyhow!("cannot connect to {host}"))?;
+    let ids: Vec<u64> = c.query("SELECT id FROM app.writes").await?;
+    Ok(ids.into_iter().collect())
+}
