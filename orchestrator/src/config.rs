@@ -182,7 +182,7 @@ impl Default for RecoveryConfig {
     fn default() -> Self {
         Self {
             automatic: true,
-            hang_window_ms: 1500,
+            hang_window_ms: 1200,
             apply_wait_ms: 10_000,
             max_lag_on_failover_s: 60,
             anti_flap_s: 300,

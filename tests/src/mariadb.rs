@@ -64,7 +64,6 @@ impl MariaDbServer {
             MysqlServerConfig::small(ServerFlavor::Mariadb, server_id, host, 3306, base.to_path_buf());
         cfg.read_only = !writable;
         cfg.os_user = Some("root".into());
-        cfg.replica_net_timeout_s = 2;
         std::fs::create_dir_all(&cfg.datadir)?;
         std::fs::create_dir_all(&cfg.run_dir)?;
         std::fs::create_dir_all(&cfg.tmp_dir)?;

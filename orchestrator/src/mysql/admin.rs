@@ -129,6 +129,11 @@ pub const CLIENT_CONNECTIONS: &str = "SELECT ID FROM information_schema.PROCESSL
      AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', \
      'Slave_worker', 'Connect')";
 
+/// The replication IO threads (MariaDB `Slave_IO`; MySQL shows `Connect`).
+pub const IO_THREADS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
+     WHERE USER = 'system user' AND (COMMAND = 'Slave_IO' OR STATE LIKE 'Waiting for %source to send event%' \
+     OR STATE LIKE 'Waiting for master to send event%' OR STATE LIKE 'Reconnecting%' OR STATE LIKE 'Connecting%')";
+
 /// Runs recovery commands on real servers.
 pub struct MysqlAdmin {
     settings: AdminSettings,
@@ -214,10 +219,34 @@ impl MysqlAdmin {
         Ok(())
     }
 
+    /// Kills the replication IO thread. `STOP SLAVE` waits for it, and an IO thread
+    /// blocked reading from a hung master only notices after `slave_net_timeout`; a
+    /// killed one stops at once.
+    async fn kill_io_thread(&self, key: &InstanceKey, conn: &mut Conn) {
+        let ids: Result<Vec<u64>, _> = conn.query(IO_THREADS).await;
+        for id in ids.unwrap_or_default() {
+            let _ = self.run(key, conn, &format!("KILL {id}")).await;
+        }
+    }
+
+    /// Turns on the master side of semi-sync, before replicas connect to `key`: a
+    /// replica that connects while it is off never acknowledges.
+    pub async fn enable_semi_sync_master(&self, key: &InstanceKey) -> Result<(), AdminError> {
+        let mut conn = self.open(key).await?;
+        let flavor = self.flavor(key, &mut conn).await?;
+        let sql = if flavor.is_mariadb() {
+            "SET GLOBAL rpl_semi_sync_master_enabled = ON"
+        } else {
+            "SET GLOBAL rpl_semi_sync_source_enabled = ON"
+        };
+        self.run(key, &mut conn, sql).await
+    }
+
     /// Stops replication on `key`, forgets its source and makes it writable.
     pub async fn promote(&self, key: &InstanceKey, semi_sync: bool) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
+        self.kill_io_thread(key, &mut conn).await;
         for sql in promote_statements(flavor, semi_sync) {
             self.run(key, &mut conn, &sql).await?;
         }
@@ -240,6 +269,7 @@ impl MysqlAdmin {
             // A replica must not wait for acknowledgements of its own.
             self.run(key, &mut conn, "SET GLOBAL rpl_semi_sync_master_enabled = OFF").await.ok();
         }
+        self.kill_io_thread(key, &mut conn).await;
         let s = &self.settings;
         for sql in
             repoint_statements(flavor, source, &s.replication_user, &s.replication_password, was_master)

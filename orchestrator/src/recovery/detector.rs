@@ -539,9 +539,21 @@ impl RecoveryService {
         }
     }
 
-    /// Holds an idle TCP connection to `master`; when it closes, the master is probed
-    /// at once (a killed `mysqld` closes every socket immediately).
+    /// Watches a master more closely than the poll: probes it every 250 ms (a hang is
+    /// seen within a quarter second of starting), and holds an idle TCP connection to it
+    /// (a killed `mysqld` closes every socket at once: probed the same millisecond).
     async fn sentinel(&self, master: InstanceKey) {
+        tokio::join!(self.watch_close(master.clone()), self.watch_often(master));
+    }
+
+    async fn watch_often(&self, master: InstanceKey) {
+        loop {
+            self.discovery.observe(&master).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn watch_close(&self, master: InstanceKey) {
         let source = self.config.source_ip();
         loop {
             match sentinel_connect(&master, source).await {

@@ -17,6 +17,8 @@ pub trait Control: Send + Sync {
     fn probe(&self, key: &InstanceKey) -> impl Future<Output = Result<InstanceProbe, String>> + Send;
     /// Read-only on, client connections killed.
     fn fence(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
+    /// The master side of semi-sync on, before any replica connects to it.
+    fn enable_semi_sync(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
     /// Replication stopped and forgotten, writable (semi-sync master side on if asked).
     fn promote(&self, key: &InstanceKey, semi_sync: bool) -> impl Future<Output = Result<(), String>> + Send;
     /// Read-only, replicating from `source` with GTID auto-positioning.
@@ -313,31 +315,30 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
 
     // 2. Fence the old master, when it answers at all. A switchover needs it, and
     //    checks its candidate first: a refused switchover leaves the master writable.
-    let early_plan = if switchover {
-        Some(
-            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
-                .await
-                .map_err(fail)?,
-        )
-    } else {
-        None
-    };
-    match control.fence(&req.failed_master).await {
-        Ok(()) => log.step(format!("fenced {}", req.failed_master)),
-        Err(e) if switchover => {
-            return Err(fail(format!("cannot make {} read-only: {e}", req.failed_master)))
-        }
-        Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
-    }
-    let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
-
-    // 3. Choose the candidate from fresh probes.
-    let plan = match early_plan {
-        Some(plan) => plan,
-        None => choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+    //    A failover tries the fence while it chooses (an unreachable master costs a
+    //    connect timeout), and always before promoting.
+    let plan = if switchover {
+        let plan =
+            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref()).await.map_err(fail)?;
+        control
+            .fence(&req.failed_master)
             .await
-            .map_err(fail)?,
+            .map_err(|e| fail(format!("cannot make {} read-only: {e}", req.failed_master)))?;
+        log.step(format!("fenced {}", req.failed_master));
+        plan
+    } else {
+        // 3. Choose the candidate from fresh probes.
+        let (fenced, plan) = tokio::join!(
+            control.fence(&req.failed_master),
+            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+        );
+        match fenced {
+            Ok(()) => log.step(format!("fenced {}", req.failed_master)),
+            Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
+        }
+        plan.map_err(fail)?
     };
+    let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
     log.step(format!("candidate {candidate} (passed over: {:?})", plan.passed_over));
     if recorded_candidate.is_none() {
@@ -382,11 +383,17 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         to_repoint.push(req.failed_master.clone());
     }
     let semi_sync = req.semi_sync && !to_repoint.is_empty();
-    control.promote(&candidate, semi_sync).await.map_err(|e| fail(format!("promote {candidate}: {e}")))?;
+    if semi_sync {
+        control.enable_semi_sync(&candidate).await.map_err(|e| fail(format!("semi-sync on {candidate}: {e}")))?;
+    }
+    // The others may replicate from the candidate before it is writable: both at once.
+    let (promotion, repointed) = tokio::join!(
+        control.promote(&candidate, semi_sync),
+        futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate)))
+    );
+    promotion.map_err(|e| fail(format!("promote {candidate}: {e}")))?;
     log.step(format!("promoted {candidate}"));
     let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
-    let repointed =
-        futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate))).await;
     let mut problems = Vec::new();
     for (k, r) in to_repoint.iter().zip(repointed) {
         if let Err(e) = r {

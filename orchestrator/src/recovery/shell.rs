@@ -31,6 +31,10 @@ impl Control for MysqlControl {
         self.admin.fence(key).await.map_err(|e| e.to_string())
     }
 
+    async fn enable_semi_sync(&self, key: &InstanceKey) -> Result<(), String> {
+        self.admin.enable_semi_sync_master(key).await.map_err(|e| e.to_string())
+    }
+
     async fn promote(&self, key: &InstanceKey, semi_sync: bool) -> Result<(), String> {
         self.admin.promote(key, semi_sync).await.map_err(|e| e.to_string())
     }
