@@ -70,6 +70,7 @@ async fn run() -> anyhow::Result<()> {
         }),
         connect_timeout: d.connect_timeout(),
         statement_timeout: Duration::from_secs(5),
+        fence_connect_timeout: Duration::from_millis(150),
     }));
     if config.mysql.write_check.is_none() {
         tracing::warn!("no [mysql.write_check] account: promotions are verified by read_only only");

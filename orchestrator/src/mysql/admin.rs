@@ -32,6 +32,9 @@ pub struct AdminSettings {
     pub connect_timeout: Duration,
     /// Bound on each statement.
     pub statement_timeout: Duration,
+    /// Connect timeout when fencing a master that failed: one that answers does so in
+    /// milliseconds, and a hung one must not hold the failover up.
+    pub fence_connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -187,7 +190,10 @@ impl MysqlAdmin {
     /// error, never an acknowledgement: semi-sync is left as it is, so a commit waiting
     /// for a replica's acknowledgement is not released by the fence.
     pub async fn fence(&self, key: &InstanceKey) -> Result<(), AdminError> {
-        let mut conn = self.open(key).await?;
+        let s = &self.settings;
+        let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
+            .await
+            .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
         let flavor = self.flavor(key, &mut conn).await?;
         // Kill first: a commit waiting for semi-sync holds the commit lock that
         // `SET GLOBAL read_only` waits for.
@@ -227,6 +233,27 @@ impl MysqlAdmin {
         for id in ids.unwrap_or_default() {
             let _ = self.run(key, conn, &format!("KILL {id}")).await;
         }
+    }
+
+    /// Stops the replication IO thread: kills it (its connection to the master breaks
+    /// at once) and issues `STOP SLAVE IO_THREAD`, which makes it exit instead of
+    /// reconnecting. Returns once both are sent: the STOP itself can wait for a
+    /// reconnect attempt to a hung master to time out, and nothing needs to wait for it.
+    pub async fn stop_io_thread(&self, key: &InstanceKey) -> Result<(), AdminError> {
+        let mut conn = self.open(key).await?;
+        let flavor = self.flavor(key, &mut conn).await?;
+        self.kill_io_thread(key, &mut conn).await;
+        let sql = if flavor.is_mariadb() { "STOP SLAVE IO_THREAD" } else { "STOP REPLICA IO_THREAD" };
+        let timeout = self.settings.statement_timeout * 2;
+        let instance = key.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%instance, error = %e, "STOP SLAVE IO_THREAD failed"),
+                Err(_) => tracing::warn!(%instance, "STOP SLAVE IO_THREAD still running after {timeout:?}"),
+            }
+        });
+        Ok(())
     }
 
     /// Turns on the master side of semi-sync, before replicas connect to `key`: a

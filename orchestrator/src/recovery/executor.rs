@@ -17,6 +17,8 @@ pub trait Control: Send + Sync {
     fn probe(&self, key: &InstanceKey) -> impl Future<Output = Result<InstanceProbe, String>> + Send;
     /// Read-only on, client connections killed.
     fn fence(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
+    /// The replica's IO thread stopped: it receives (and acknowledges) nothing more.
+    fn stop_io_thread(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
     /// The master side of semi-sync on, before any replica connects to it.
     fn enable_semi_sync(&self, key: &InstanceKey) -> impl Future<Output = Result<(), String>> + Send;
     /// Replication stopped and forgotten, writable (semi-sync master side on if asked).
@@ -315,11 +317,12 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
 
     // 2. Fence the old master, when it answers at all. A switchover needs it, and
     //    checks its candidate first: a refused switchover leaves the master writable.
-    //    A failover tries the fence while it chooses (an unreachable master costs a
-    //    connect timeout), and always before promoting.
+    //    A failover tries the fence (briefly: a live server answers in milliseconds)
+    //    while it stops the replicas' IO threads.
     let plan = if switchover {
-        let plan =
-            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref()).await.map_err(fail)?;
+        let plan = choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+            .await
+            .map_err(fail)?;
         control
             .fence(&req.failed_master)
             .await
@@ -327,16 +330,21 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         log.step(format!("fenced {}", req.failed_master));
         plan
     } else {
-        // 3. Choose the candidate from fresh probes.
-        let (fenced, plan) = tokio::join!(
+        // Freeze the replicas: with their IO threads stopped no replica receives, so
+        // none acknowledges, anything more from the old master should it wake up. The
+        // acknowledged writes are now all in some relay log the candidate choice sees.
+        let (fenced, frozen) = tokio::join!(
             control.fence(&req.failed_master),
-            choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+            futures::future::join_all(req.replicas.iter().map(|k| control.stop_io_thread(k)))
         );
         match fenced {
             Ok(()) => log.step(format!("fenced {}", req.failed_master)),
             Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
         }
-        plan.map_err(fail)?
+        let frozen = frozen.iter().filter(|r| r.is_ok()).count();
+        log.step(format!("stopped the IO thread of {frozen} replica(s)"));
+        // 3. Choose the candidate from fresh probes.
+        choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref()).await.map_err(fail)?
     };
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
@@ -384,7 +392,10 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     }
     let semi_sync = req.semi_sync && !to_repoint.is_empty();
     if semi_sync {
-        control.enable_semi_sync(&candidate).await.map_err(|e| fail(format!("semi-sync on {candidate}: {e}")))?;
+        control
+            .enable_semi_sync(&candidate)
+            .await
+            .map_err(|e| fail(format!("semi-sync on {candidate}: {e}")))?;
     }
     // The others may replicate from the candidate before it is writable: both at once.
     let (promotion, repointed) = tokio::join!(

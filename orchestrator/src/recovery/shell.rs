@@ -31,6 +31,10 @@ impl Control for MysqlControl {
         self.admin.fence(key).await.map_err(|e| e.to_string())
     }
 
+    async fn stop_io_thread(&self, key: &InstanceKey) -> Result<(), String> {
+        self.admin.stop_io_thread(key).await.map_err(|e| e.to_string())
+    }
+
     async fn enable_semi_sync(&self, key: &InstanceKey) -> Result<(), String> {
         self.admin.enable_semi_sync_master(key).await.map_err(|e| e.to_string())
     }
