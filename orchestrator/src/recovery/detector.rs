@@ -125,6 +125,9 @@ impl RecoveryService {
     }
 
     async fn tick(self: &Arc<Self>) {
+        // Nothing while a recovery runs on this peer (an operator's, say): its intent
+        // is open in Raft and must not be "resumed" alongside it.
+        let Ok(_running) = self.busy.try_lock() else { return };
         let (_, state) = self.node.state();
         // An unfinished recovery (its leader died) is finished first.
         if let Some(open) = state.recoveries.iter().find(|r| r.is_open()).cloned() {
@@ -402,8 +405,8 @@ impl RecoveryService {
         }
     }
 
+    /// Runs a recovery; the caller holds `busy`.
     async fn execute(&self, request: RecoveryRequest) -> Outcome {
-        let _one_at_a_time = self.busy.lock().await;
         let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
         let outcome =
             run_recovery(&control, self.node.as_ref(), &self.hooks, &request, &self.timings()).await;
@@ -435,6 +438,7 @@ impl RecoveryService {
 
     /// Runs an operator's switchover or forced failover now.
     pub async fn manual(&self, m: ManualRecovery) -> Result<Outcome, String> {
+        let _running = self.busy.lock().await;
         let (_, state) = self.node.state();
         let record =
             state.clusters.get(&m.cluster).ok_or_else(|| format!("no registered cluster `{}`", m.cluster))?;

@@ -283,7 +283,8 @@ pub async fn choose<C: Control>(
         replicas: &facts_of,
         force: req.kind == RecoveryKind::ForcedFailover,
         max_lag_s: req.max_lag_s,
-        chosen: recorded_candidate.or(req.target.as_ref()),
+        chosen: recorded_candidate,
+        target: req.target.as_ref(),
     })
     .map_err(|e| e.to_string())?;
     if let Some(target) = &req.target {

@@ -44,6 +44,9 @@ pub struct FailoverInput<'a> {
     pub max_lag_s: u64,
     /// A candidate chosen earlier for this recovery (recorded in Raft): kept.
     pub chosen: Option<&'a InstanceKey>,
+    /// The replica an operator asked for: the only one considered, and it must be
+    /// eligible like any other.
+    pub target: Option<&'a InstanceKey>,
 }
 
 /// The plan.
@@ -124,6 +127,7 @@ pub fn plan_failover(input: &FailoverInput) -> Result<FailoverPlan, PlanError> {
     let eligible: Vec<&ReplicaFacts> = reachable
         .iter()
         .copied()
+        .filter(|r| input.target.is_none_or(|t| t == &r.key))
         .filter(|r| match ineligible(r, input) {
             Some(why) => {
                 passed_over.push((r.key.clone(), why));
@@ -232,6 +236,7 @@ mod tests {
             force: false,
             max_lag_s: 60,
             chosen: None,
+            target: None,
         })
     }
 
@@ -303,6 +308,7 @@ mod tests {
             force: true,
             max_lag_s: 60,
             chosen: None,
+            target: None,
         })
         .unwrap();
         assert_eq!(p.candidate, key("a:1"));
@@ -314,6 +320,26 @@ mod tests {
         let p = plan(&[gone.clone(), replica("a:1", "0-1-100", "0-1-100", Neutral)]).unwrap();
         assert_eq!(p.unreachable, vec![key("x:1")]);
         assert_eq!(plan(&[gone]).unwrap_err(), PlanError::NoReachableReplica(key("m:1")));
+    }
+
+    #[test]
+    fn an_operators_target_must_be_eligible() {
+        let mut lagging = replica("a:1", "0-1-100", "0-1-100", Neutral);
+        lagging.probe.as_mut().unwrap().replication.as_mut().unwrap().seconds_behind = Some(90);
+        let replicas = [lagging, replica("b:1", "0-1-100", "0-1-100", Neutral)];
+        let (m, a, b) = (key("m:1"), key("a:1"), key("b:1"));
+        let input = |target| FailoverInput {
+            failed_master: &m,
+            master_probe: None,
+            replicas: &replicas,
+            force: false,
+            max_lag_s: 60,
+            chosen: None,
+            target: Some(target),
+        };
+        let err = plan_failover(&input(&a)).unwrap_err().to_string();
+        assert!(err.contains("a:1: lagging 90 s"), "{err}");
+        assert_eq!(plan_failover(&input(&b)).unwrap().candidate, b);
     }
 
     #[test]
@@ -329,6 +355,7 @@ mod tests {
             force: false,
             max_lag_s: 60,
             chosen: Some(&chosen),
+            target: None,
         })
         .unwrap();
         assert_eq!(p.candidate, chosen);
