@@ -69,7 +69,11 @@ impl Writer {
             let started = Instant::now();
             let mut last_ack = started;
             let mut conn: Option<Conn> = None;
-            let mut id: u64 = 1_000_000;
+            // Ids unique across writers on one cluster: start from the clock.
+            let mut id: u64 = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1_000_000);
             while !s.load(Ordering::Relaxed) {
                 if conn.is_none() {
                     conn = find_master(&hosts).await;

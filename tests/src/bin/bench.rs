@@ -10,7 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orch_tests::peer::http_client;
 use orch_tests::raft::{note, raft_state, rss_kib, wait_agreed_leader};
-use orch_tests::PeerBed;
+use mysql_async::prelude::Queryable;
+use orch_tests::mariadb::{APP_PASSWORD, APP_USER};
+use orch_tests::peer::poll_json;
+use orch_tests::writer::Writer;
+use orch_tests::{PeerBed, TestBed};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks of the orchestrator (figures, not pass/fail)")]
@@ -32,6 +36,17 @@ enum Cmd {
         /// Seconds of each throughput run.
         #[arg(long, default_value_t = 3)]
         write_seconds: u64,
+    },
+    /// Master failover on real MariaDB with 3 peers: kill -9 and SIGSTOP of the master
+    /// at a random moment (kill to a write acknowledged by the new master), and the
+    /// write gap of planned switchovers.
+    Failover {
+        /// Rounds of each kind.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Which kinds to run.
+        #[arg(long, value_delimiter = ',', default_value = "kill,stop,switchover")]
+        kinds: Vec<String>,
     },
 }
 
@@ -90,6 +105,7 @@ fn ms(d: Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Cmd::Raft { peers, rounds, write_seconds } => raft(peers, rounds, write_seconds).await,
+        Cmd::Failover { rounds, kinds } => failover(rounds, &kinds).await,
     }
 }
 
@@ -195,5 +211,128 @@ async fn raft(n: u8, rounds: usize, write_seconds: u64) -> anyhow::Result<()> {
         })
         .collect();
     println!("peer RSS: {}", rss.join(", "));
+    Ok(())
+}
+
+const BENCH_ALIAS: &str = "bench";
+
+/// A test bed whose cluster is registered in Raft, master on host 1.
+async fn failover_bed() -> anyhow::Result<TestBed> {
+    let bed = TestBed::start_with(3, BENCH_ALIAS, |spec| {
+        spec.recovery_settings = vec!["anti_flap_s = 0".into()];
+    })
+    .await?;
+    let url = bed.peers[0].url("/api/raft/state-machine");
+    let master = bed.cluster.master().key();
+    poll_json(&url, Duration::from_secs(20), |s| s["state"]["clusters"][BENCH_ALIAS]["master"] == master.as_str())
+        .await
+        .map_err(|last| anyhow::anyhow!("cluster not registered: {last}"))?;
+    Ok(bed)
+}
+
+/// Time until a write as the application succeeds on one of `hosts`.
+async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Duration> {
+    let mut id = 5_000_000u64;
+    loop {
+        for h in hosts {
+            id += 1;
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(h.clone())
+                .tcp_port(3306)
+                .user(Some(APP_USER))
+                .pass(Some(APP_PASSWORD))
+                .prefer_socket(false);
+            let attempt = async {
+                let mut c = mysql_async::Conn::new(opts).await?;
+                c.query_drop(format!("INSERT INTO app.writes (id) VALUES ({id})")).await?;
+                Ok::<_, mysql_async::Error>(())
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), attempt).await {
+                return Ok(since.elapsed());
+            }
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("no writable master 30 s after the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name:<44} n={:<3} p50 {:>7}  p99 {:>7}  max {:>7}",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 1.0))
+    );
+}
+
+async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
+    let mut rng = Rng::seeded();
+    println!("failover benchmark: MariaDB semi-sync AFTER_SYNC, 3 hosts (server + peer each), probe interval 1 s");
+    let mut results: Vec<(String, Vec<Duration>)> = Vec::new();
+    for kind in kinds {
+        let mut samples = Vec::new();
+        match kind.as_str() {
+            "kill" | "stop" => {
+                for round in 1..=rounds {
+                    let mut bed = failover_bed().await?;
+                    let others: Vec<String> = bed.cluster.servers[1..].iter().map(|s| s.host.clone()).collect();
+                    // A random moment relative to the probe cycle.
+                    tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
+                    let t0 = Instant::now();
+                    if kind == "kill" {
+                        bed.cluster.servers[0].kill();
+                    } else {
+                        bed.cluster.servers[0].signal(libc::SIGSTOP);
+                    }
+                    let took = until_writable(&others, t0).await?;
+                    println!("{kind:>6} round {round:>2}: new master writable after {}", ms(took));
+                    samples.push(took);
+                    if kind == "stop" {
+                        bed.cluster.servers[0].signal(libc::SIGCONT);
+                    }
+                }
+                let name = if kind == "kill" {
+                    "kill -9 -> write acknowledged by new master"
+                } else {
+                    "SIGSTOP -> write acknowledged by new master"
+                };
+                results.push((name.into(), samples));
+            }
+            "switchover" => {
+                let bed = failover_bed().await?;
+                let hosts: Vec<String> = bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
+                for round in 1..=rounds {
+                    let target = &hosts[round % hosts.len()];
+                    let writer = Writer::start(hosts.clone(), Duration::from_millis(2), Duration::from_secs(2));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let url = bed.peers[0].url(&format!("/api/graceful-master-takeover/{BENCH_ALIAS}/{target}/3306"));
+                    let resp = http_client().post(&url).send().await?;
+                    let ok = resp.status().is_success();
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let report = writer.stop().await;
+                    if !ok {
+                        anyhow::bail!("switchover to {target} failed: {body}");
+                    }
+                    println!(
+                        "switchover round {round:>2} to {target}: write gap {} ({} writes acknowledged)",
+                        ms(report.longest_gap),
+                        report.acknowledged.len()
+                    );
+                    samples.push(report.longest_gap);
+                }
+                results.push(("planned switchover: longest write gap".into(), samples));
+            }
+            other => anyhow::bail!("unknown kind `{other}` (kill, stop, switchover)"),
+        }
+    }
+    println!();
+    for (name, samples) in results {
+        summary(&name, samples);
+    }
     Ok(())
 }
