@@ -94,26 +94,28 @@ pub fn repoint_statements(
     }
 }
 
-/// The statements that turn a replica into a writable master.
-pub fn promote_statements(flavor: Flavor, semi_sync: bool) -> Vec<String> {
-    let mut s = Vec::new();
+/// The statements that turn a replica into a writable master, and those that forget
+/// its old source afterwards. The first part never waits on replication threads: the
+/// candidate's IO thread is killed and told to stop, its SQL thread has applied all it
+/// received and gets nothing more, but `STOP SLAVE` (even `SQL_THREAD`) waits for the
+/// killed IO thread, whose reconnect attempt to a hung master lasts up to
+/// `slave_net_timeout` (measured: 2 s). The second part runs after, in the background.
+pub fn promote_statements(flavor: Flavor, semi_sync: bool) -> (Vec<String>, Vec<String>) {
+    let mut now = Vec::new();
     if flavor.is_mariadb() {
-        s.push("STOP SLAVE".to_string());
-        s.push("RESET SLAVE ALL".into());
         if semi_sync {
-            s.push("SET GLOBAL rpl_semi_sync_master_enabled = ON".into());
+            now.push("SET GLOBAL rpl_semi_sync_master_enabled = ON".into());
         }
-        s.push("SET GLOBAL read_only = OFF".into());
+        now.push("SET GLOBAL read_only = OFF".into());
+        (now, vec!["STOP SLAVE".into(), "RESET SLAVE ALL".into()])
     } else {
-        s.push("STOP REPLICA".to_string());
-        s.push("RESET REPLICA ALL".into());
         if semi_sync {
-            s.push("SET GLOBAL rpl_semi_sync_source_enabled = ON".into());
+            now.push("SET GLOBAL rpl_semi_sync_source_enabled = ON".into());
         }
-        s.push("SET GLOBAL super_read_only = OFF".into());
-        s.push("SET GLOBAL read_only = OFF".into());
+        now.push("SET GLOBAL super_read_only = OFF".into());
+        now.push("SET GLOBAL read_only = OFF".into());
+        (now, vec!["STOP REPLICA".into(), "RESET REPLICA ALL".into()])
     }
-    s
 }
 
 /// The statement that stops an instance from taking writes.
@@ -274,9 +276,25 @@ impl MysqlAdmin {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
         self.kill_io_thread(key, &mut conn).await;
-        for sql in promote_statements(flavor, semi_sync) {
+        let (now, after) = promote_statements(flavor, semi_sync);
+        for sql in now {
             self.run(key, &mut conn, &sql).await?;
         }
+        // Forget the old source once the IO thread has exited (it is killed and told
+        // to stop; it exits at the latest when its reconnect attempt times out).
+        let timeout = self.settings.statement_timeout * 3;
+        let instance = key.clone();
+        tokio::spawn(async move {
+            for sql in after {
+                match tokio::time::timeout(timeout, conn.query_drop(&sql)).await {
+                    Ok(Ok(())) => {}
+                    other => {
+                        tracing::warn!(%instance, sql, ?other, "promoted master: clean-up statement failed");
+                        return;
+                    }
+                }
+            }
+        });
         Ok(())
     }
 
@@ -350,18 +368,13 @@ mod tests {
 
     #[test]
     fn promote_and_fence_per_flavor() {
-        assert_eq!(
-            promote_statements(Flavor::MariaDb, true),
-            vec![
-                "STOP SLAVE",
-                "RESET SLAVE ALL",
-                "SET GLOBAL rpl_semi_sync_master_enabled = ON",
-                "SET GLOBAL read_only = OFF"
-            ]
-        );
-        let my = promote_statements(Flavor::MySql, false);
+        let (now, after) = promote_statements(Flavor::MariaDb, true);
+        assert_eq!(now, vec!["SET GLOBAL rpl_semi_sync_master_enabled = ON", "SET GLOBAL read_only = OFF"]);
+        assert_eq!(after, vec!["STOP SLAVE", "RESET SLAVE ALL"]);
+        let (my, after) = promote_statements(Flavor::MySql, false);
         assert!(my.contains(&"SET GLOBAL super_read_only = OFF".to_string()));
         assert!(!my.iter().any(|s| s.contains("semi_sync")));
+        assert_eq!(after, vec!["STOP REPLICA", "RESET REPLICA ALL"]);
         assert_eq!(fence_statements(Flavor::MySql), vec!["SET GLOBAL super_read_only = ON"]);
         assert_eq!(fence_statements(Flavor::MariaDb), vec!["SET GLOBAL read_only = ON"]);
     }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orch_tests::peer::http_client;
-use orch_tests::raft::{note, raft_state, rss_kib, wait_agreed_leader};
 use mysql_async::prelude::Queryable;
 use orch_tests::mariadb::{APP_PASSWORD, APP_USER};
+use orch_tests::peer::http_client;
 use orch_tests::peer::poll_json;
+use orch_tests::raft::{note, raft_state, rss_kib, wait_agreed_leader};
 use orch_tests::writer::Writer;
 use orch_tests::{PeerBed, TestBed};
 
@@ -224,9 +224,11 @@ async fn failover_bed() -> anyhow::Result<TestBed> {
     .await?;
     let url = bed.peers[0].url("/api/raft/state-machine");
     let master = bed.cluster.master().key();
-    poll_json(&url, Duration::from_secs(20), |s| s["state"]["clusters"][BENCH_ALIAS]["master"] == master.as_str())
-        .await
-        .map_err(|last| anyhow::anyhow!("cluster not registered: {last}"))?;
+    poll_json(&url, Duration::from_secs(20), |s| {
+        s["state"]["clusters"][BENCH_ALIAS]["master"] == master.as_str()
+    })
+    .await
+    .map_err(|last| anyhow::anyhow!("cluster not registered: {last}"))?;
     Ok(bed)
 }
 
@@ -271,7 +273,9 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 
 async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
     let mut rng = Rng::seeded();
-    println!("failover benchmark: MariaDB semi-sync AFTER_SYNC, 3 hosts (server + peer each), probe interval 1 s");
+    println!(
+        "failover benchmark: MariaDB semi-sync AFTER_SYNC, 3 hosts (server + peer each), probe interval 1 s"
+    );
     let mut results: Vec<(String, Vec<Duration>)> = Vec::new();
     for kind in kinds {
         let mut samples = Vec::new();
@@ -279,7 +283,8 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
             "kill" | "stop" => {
                 for round in 1..=rounds {
                     let mut bed = failover_bed().await?;
-                    let others: Vec<String> = bed.cluster.servers[1..].iter().map(|s| s.host.clone()).collect();
+                    let others: Vec<String> =
+                        bed.cluster.servers[1..].iter().map(|s| s.host.clone()).collect();
                     // A random moment relative to the probe cycle.
                     tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
                     let t0 = Instant::now();
@@ -307,9 +312,11 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                 let hosts: Vec<String> = bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
                 for round in 1..=rounds {
                     let target = &hosts[round % hosts.len()];
-                    let writer = Writer::start(hosts.clone(), Duration::from_millis(2), Duration::from_secs(2));
+                    let writer =
+                        Writer::start(hosts.clone(), Duration::from_millis(2), Duration::from_secs(2));
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let url = bed.peers[0].url(&format!("/api/graceful-master-takeover/{BENCH_ALIAS}/{target}/3306"));
+                    let url = bed.peers[0]
+                        .url(&format!("/api/graceful-master-takeover/{BENCH_ALIAS}/{target}/3306"));
                     let resp = http_client().post(&url).send().await?;
                     let ok = resp.status().is_success();
                     let body: serde_json::Value = resp.json().await.unwrap_or_default();
