@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
         /// Which kinds to run.
-        #[arg(long, value_delimiter = ',', default_value = "kill,stop,switchover")]
+        #[arg(long, value_delimiter = ',', default_value = "kill,stop,switchover,stall")]
         kinds: Vec<String>,
     },
 }
@@ -334,7 +334,25 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                 }
                 results.push(("planned switchover: longest write gap".into(), samples));
             }
-            other => anyhow::bail!("unknown kind `{other}` (kill, stop, switchover)"),
+            "stall" => {
+                // SIGSTOP for 0.9 s, then SIGCONT: no failover may follow.
+                let bed = failover_bed().await?;
+                let url = bed.peers[0].url("/api/raft/state-machine");
+                let mut failovers = 0;
+                for round in 1..=rounds {
+                    tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
+                    bed.cluster.servers[0].signal(libc::SIGSTOP);
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    bed.cluster.servers[0].signal(libc::SIGCONT);
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    let s = orch_tests::peer::get_json(&url).await?;
+                    let n = s["state"]["recoveries"].as_array().map(Vec::len).unwrap_or(0);
+                    println!("stall round {round:>2}: 0.9 s SIGSTOP, recoveries so far: {n}");
+                    failovers = n;
+                }
+                println!("\n0.9 s stalls: {rounds} rounds, {failovers} failover(s) caused");
+            }
+            other => anyhow::bail!("unknown kind `{other}` (kill, stop, switchover, stall)"),
         }
     }
     println!();
