@@ -141,6 +141,7 @@ async fn run() -> anyhow::Result<()> {
         metrics,
         raft: raft.clone(),
         recovery,
+        local_instance: config.local_instance(),
         http_client: orchestrator::raft::network::peer_http_client(
             config.source_ip(),
             Duration::from_secs(10),

@@ -131,6 +131,31 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
     assert_eq!(r["failed_master"], old.as_str());
     assert!(r["reason"].as_str().unwrap().starts_with("DeadMaster"), "{r}");
 
+    // The role health checks a load balancer uses follow the new roles.
+    let client = http_client();
+    for (i, p) in bed.peers.iter().enumerate() {
+        let is_master = bed.cluster.servers[i].key() == new_master;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let primary = client.get(p.url("/health/primary")).send().await.unwrap().status().as_u16();
+            let replica =
+                client.get(p.url("/health/replica?max_lag=30")).send().await.unwrap().status().as_u16();
+            let want = match (i, is_master) {
+                (0, _) => (503, 503),
+                (_, true) => (200, 503),
+                _ => (503, 200),
+            };
+            if (primary, replica) == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i}: /health/primary {primary}, /health/replica {replica}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // The old master comes back: never writable; it rejoins, or stays fenced with
     // errant GTIDs (a commit it wrote to its binlog but no replica received).
     bed.cluster.servers[0].start().await.unwrap();

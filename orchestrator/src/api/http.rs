@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::raft::routes())
         .merge(super::ops::routes())
+        .merge(super::health::routes())
         .fallback(not_found)
         .with_state(state)
 }

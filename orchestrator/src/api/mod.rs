@@ -2,6 +2,7 @@
 //! gRPC services `orchctl` uses, all on one listener (HTTP/1.1 and h2c).
 
 mod grpc;
+mod health;
 mod http;
 mod ops;
 mod pb;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub raft: Arc<RaftNode>,
     pub recovery: Arc<RecoveryService>,
+    /// The mysqld on this host (for the role health checks).
+    pub local_instance: Option<crate::topology::InstanceKey>,
     /// For forwarding requests to other peers.
     pub http_client: reqwest::Client,
 }
