@@ -455,7 +455,8 @@ impl RecoveryService {
         if m.kind == RecoveryKind::Switchover {
             // Refuse before anything is recorded or touched.
             let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
-            let plan = choose(&control, &request, None, request.master_probe.as_ref()).await?;
+            let plan =
+                choose(&control, &request, None, request.master_probe.as_ref(), &self.timings()).await?;
             tracing::info!(cluster = %m.cluster, candidate = %plan.candidate, "switchover accepted");
         }
         Ok(self.execute(request).await)

@@ -141,7 +141,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, String>>,
 {
-    let deadline = Instant::now() + limit;
+    let deadline = tokio::time::Instant::now() + limit;
     let mut last_error = String::from("condition not met");
     loop {
         match check().await {
@@ -149,7 +149,7 @@ where
             Ok(false) => {}
             Err(e) => last_error = e,
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return Err(format!("{last_error} after {limit:?}"));
         }
         tokio::time::sleep(timings.poll).await;
@@ -212,6 +212,9 @@ pub async fn run_recovery<C: Control, D: Decisions, H: Hooks>(
         }
         Err(StepFailure { promoted, reason }) => (false, promoted, reason),
     };
+    // A candidate the previous leader recorded may have been promoted by it: the state
+    // must name it rather than the dead master, or nothing fences it (simulator seed 212).
+    let new_master = new_master.or_else(|| req.resume.as_ref().and_then(|(_, _, c)| c.clone()));
     log.step(if success { "done".to_string() } else { format!("failed: {summary}") });
     let outcome = Command::RecordRecoveryOutcome {
         id,
@@ -257,6 +260,44 @@ fn fail(reason: impl Into<String>) -> StepFailure {
     StepFailure { promoted: None, reason: reason.into() }
 }
 
+/// Stops every replica's IO thread, retrying failed calls a few times: a replica left
+/// receiving could acknowledge commits of an old master that wakes up. Returns how many
+/// were stopped (a replica the leader cannot reach at all cannot be stopped).
+async fn freeze<C: Control>(control: &C, replicas: &[InstanceKey], timings: &Timings) -> usize {
+    let mut pending: Vec<&InstanceKey> = replicas.iter().collect();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(timings.poll * 2).await;
+        }
+        let results = futures::future::join_all(pending.iter().map(|k| control.stop_io_thread(k))).await;
+        pending = pending.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(k, _)| k).collect();
+        if pending.is_empty() {
+            break;
+        }
+    }
+    replicas.len() - pending.len()
+}
+
+/// A probe retried twice: one failed probe must not drop a replica that may hold the
+/// only copy of acknowledged commits from the candidate choice.
+async fn probe_retrying<C: Control>(
+    control: &C,
+    key: &InstanceKey,
+    timings: &Timings,
+) -> Result<InstanceProbe, String> {
+    let mut last = Err(String::new());
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(timings.poll).await;
+        }
+        last = control.probe(key).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
 /// Probes the replicas and plans; a switchover target that cannot be promoted is an
 /// error saying why.
 pub async fn choose<C: Control>(
@@ -264,8 +305,10 @@ pub async fn choose<C: Control>(
     req: &RecoveryRequest,
     recorded_candidate: Option<&InstanceKey>,
     master_probe: Option<&InstanceProbe>,
+    timings: &Timings,
 ) -> Result<FailoverPlan, String> {
-    let probes = futures::future::join_all(req.replicas.iter().map(|k| control.probe(k))).await;
+    let probes =
+        futures::future::join_all(req.replicas.iter().map(|k| probe_retrying(control, k, timings))).await;
     let facts_of: Vec<ReplicaFacts> = req
         .replicas
         .iter()
@@ -321,7 +364,7 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     //    A failover tries the fence (briefly: a live server answers in milliseconds)
     //    while it stops the replicas' IO threads.
     let plan = if switchover {
-        let plan = choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref())
+        let plan = choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref(), timings)
             .await
             .map_err(fail)?;
         control
@@ -334,18 +377,17 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         // Freeze the replicas: with their IO threads stopped no replica receives, so
         // none acknowledges, anything more from the old master should it wake up. The
         // acknowledged writes are now all in some relay log the candidate choice sees.
-        let (fenced, frozen) = tokio::join!(
-            control.fence(&req.failed_master),
-            futures::future::join_all(req.replicas.iter().map(|k| control.stop_io_thread(k)))
-        );
+        let (fenced, frozen) =
+            tokio::join!(control.fence(&req.failed_master), freeze(control, &req.replicas, timings));
         match fenced {
             Ok(()) => log.step(format!("fenced {}", req.failed_master)),
             Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
         }
-        let frozen = frozen.iter().filter(|r| r.is_ok()).count();
-        log.step(format!("stopped the IO thread of {frozen} replica(s)"));
+        log.step(format!("stopped the IO thread of {frozen} of {} replica(s)", req.replicas.len()));
         // 3. Choose the candidate from fresh probes.
-        choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref()).await.map_err(fail)?
+        choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref(), timings)
+            .await
+            .map_err(fail)?
     };
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
@@ -357,9 +399,18 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         }
     }
 
+    // A resumed recovery whose candidate the previous leader already promoted goes
+    // straight on to repointing: catching a writable master up from a donor would
+    // demote it (simulator seeds 14529, 14975).
+    let already_promoted = recorded_candidate.is_some()
+        && control.probe(&candidate).await.is_ok_and(|p| !p.read_only && p.replication.is_none());
+    if already_promoted {
+        log.step(format!("{candidate} was already promoted by the previous leader"));
+    }
+
     // 4. Catch up: from a donor if one has more, then apply the relay log; in a
     //    switchover, everything the (now read-only) master executed.
-    if let Some(donor) = &plan.donor {
+    if let Some(donor) = plan.donor.as_ref().filter(|_| !already_promoted) {
         poll_until(timings, timings.apply_wait, || async {
             control.probe(donor).await.map(|p| caught_up(&p))
         })
@@ -378,7 +429,7 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
         log.step(format!("{candidate} caught up from {donor}"));
     }
     let must_have = master_now.as_ref().map(|m| m.gtid_executed.clone());
-    poll_until(timings, timings.apply_wait, || async {
+    poll_until(timings, if already_promoted { Duration::ZERO } else { timings.apply_wait }, || async {
         let p = control.probe(&candidate).await?;
         Ok(caught_up(&p) && must_have.as_ref().is_none_or(|m| m.is_subset_of(&p.gtid_executed)))
     })
@@ -393,19 +444,21 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     }
     let semi_sync = req.semi_sync && !to_repoint.is_empty();
     if semi_sync {
-        control
-            .enable_semi_sync(&candidate)
-            .await
-            .map_err(|e| fail(format!("semi-sync on {candidate}: {e}")))?;
+        control.enable_semi_sync(&candidate).await.map_err(|e| StepFailure {
+            promoted: already_promoted.then(|| candidate.clone()),
+            reason: format!("semi-sync on {candidate}: {e}"),
+        })?;
     }
     // The others may replicate from the candidate before it is writable: both at once.
+    // From here a failure still names the candidate as the new master: a promotion
+    // whose answer was lost may have taken effect (simulator seed 83).
+    let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
     let (promotion, repointed) = tokio::join!(
         control.promote(&candidate, semi_sync),
         futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate)))
     );
-    promotion.map_err(|e| fail(format!("promote {candidate}: {e}")))?;
+    promotion.map_err(|e| promoted(format!("promote {candidate}: {e}")))?;
     log.step(format!("promoted {candidate}"));
-    let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
     let mut problems = Vec::new();
     for (k, r) in to_repoint.iter().zip(repointed) {
         if let Err(e) = r {

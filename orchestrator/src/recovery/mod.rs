@@ -13,3 +13,5 @@ pub mod executor;
 pub mod fencing;
 pub mod plan;
 pub mod shell;
+#[cfg(test)]
+mod sim;

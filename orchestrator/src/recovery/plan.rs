@@ -69,6 +69,10 @@ pub enum PlanError {
     NoReachableReplica(InstanceKey),
     #[error("no replica of {master} may be promoted: {reasons}")]
     NoCandidate { master: InstanceKey, reasons: String },
+    /// The candidate an earlier leader recorded (and may have promoted) does not
+    /// answer: it is never silently replaced (simulator seed 479).
+    #[error("the recorded candidate {0} does not answer")]
+    CandidateUnreachable(InstanceKey),
 }
 
 fn rule_rank(rule: PromotionRule) -> u8 {
@@ -144,7 +148,16 @@ pub fn plan_failover(input: &FailoverInput) -> Result<FailoverPlan, PlanError> {
             &b.key,
         ))
     };
-    let kept = input.chosen.and_then(|c| reachable.iter().copied().find(|r| &r.key == c));
+    let kept = match input.chosen {
+        Some(c) => Some(
+            reachable
+                .iter()
+                .copied()
+                .find(|r| &r.key == c)
+                .ok_or_else(|| PlanError::CandidateUnreachable(c.clone()))?,
+        ),
+        None => None,
+    };
     let candidate = match kept {
         Some(c) => c,
         None => {
