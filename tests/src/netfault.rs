@@ -24,37 +24,33 @@ fn nft(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Partition {
-    /// Cuts every connection between a host of `side_a` and a host of `side_b`, both
-    /// ways. Traffic within each side, and with anything else, still flows.
-    pub fn cut(side_a: &[String], side_b: &[String]) -> anyhow::Result<Partition> {
+    /// An empty nft table with an output chain: rules are added to it.
+    fn new() -> anyhow::Result<Partition> {
         let table = format!("orchtest_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         nft(&["add", "table", "inet", &table])?;
         let partition = Partition { table, active: true };
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            &partition.table,
-            "out",
-            "{ type filter hook output priority 0; policy accept; }",
-        ])?;
+        let hook = "{ type filter hook output priority 0; policy accept; }";
+        nft(&["add", "chain", "inet", &partition.table, "out", hook])?;
+        Ok(partition)
+    }
+
+    /// Drops outgoing packets matching `matches` (nft match expressions).
+    fn drop_matching(&self, matches: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["add", "rule", "inet", &self.table, "out"];
+        args.extend_from_slice(matches);
+        args.push("drop");
+        nft(&args)
+    }
+
+    /// Cuts every connection between a host of `side_a` and a host of `side_b`, both
+    /// ways, for sockets bound to the hosts' addresses. Traffic within each side, and
+    /// with anything else, still flows.
+    pub fn cut(side_a: &[String], side_b: &[String]) -> anyhow::Result<Partition> {
+        let partition = Partition::new()?;
         for a in side_a {
             for b in side_b {
                 for (src, dst) in [(a, b), (b, a)] {
-                    nft(&[
-                        "add",
-                        "rule",
-                        "inet",
-                        &partition.table,
-                        "out",
-                        "ip",
-                        "saddr",
-                        src,
-                        "ip",
-                        "daddr",
-                        dst,
-                        "drop",
-                    ])?;
+                    partition.drop_matching(&["ip", "saddr", src, "ip", "daddr", dst])?;
                 }
             }
         }
@@ -64,60 +60,23 @@ impl Partition {
     /// Cuts host `victim` of `block` off from every other host of the block, both ways,
     /// whatever source address its processes use (matched by their cgroup).
     pub fn isolate(block: &crate::hosts::HostBlock, victim: u8) -> anyhow::Result<Partition> {
-        let hosts = block.hosts();
         let group = |i: u8| {
-            block.cgroup(i).map(|g| g.nft_path.clone()).context("cgroup v2 is not available for partitions")
+            block
+                .cgroup(i)
+                .map(|g| format!("\"{}\"", g.nft_path))
+                .context("cgroup v2 is not available for partitions")
         };
-        let table = format!("orchtest_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        nft(&["add", "table", "inet", &table])?;
-        let partition = Partition { table, active: true };
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            &partition.table,
-            "out",
-            "{ type filter hook output priority 0; policy accept; }",
-        ])?;
+        let partition = Partition::new()?;
         let victim_addr = block.host(victim);
-        let victim_group = format!("\"{}\"", group(victim)?);
-        for i in (1..=hosts.len() as u8).filter(|i| *i != victim) {
-            let other = block.host(i);
-            let other_group = format!("\"{}\"", group(i)?);
+        let victim_group = group(victim)?;
+        for i in (1..=block.hosts().len() as u8).filter(|i| *i != victim) {
+            let (other, other_group) = (block.host(i), group(i)?);
             for (g, dst) in [(&victim_group, &other), (&other_group, &victim_addr)] {
-                nft(&[
-                    "add",
-                    "rule",
-                    "inet",
-                    &partition.table,
-                    "out",
-                    "socket",
-                    "cgroupv2",
-                    "level",
-                    "1",
-                    g,
-                    "ip",
-                    "daddr",
-                    dst,
-                    "drop",
-                ])?;
+                partition.drop_matching(&["socket", "cgroupv2", "level", "1", g, "ip", "daddr", dst])?;
             }
             // Sockets bound to the hosts' own addresses, whoever owns them.
             for (src, dst) in [(&victim_addr, &other), (&other, &victim_addr)] {
-                nft(&[
-                    "add",
-                    "rule",
-                    "inet",
-                    &partition.table,
-                    "out",
-                    "ip",
-                    "saddr",
-                    src,
-                    "ip",
-                    "daddr",
-                    dst,
-                    "drop",
-                ])?;
+                partition.drop_matching(&["ip", "saddr", src, "ip", "daddr", dst])?;
             }
         }
         Ok(partition)

@@ -162,11 +162,24 @@ async fn check_recoveries(State(state): State<AppState>) -> Json<serde_json::Val
     Json(json!({ "recoveries_enabled": s.recoveries_enabled }))
 }
 
-async fn manual(state: AppState, headers: HeaderMap, uri: Uri, m: ManualRecovery) -> Response {
+/// Runs a switchover or forced failover on the leader (a follower forwards), to the
+/// replica `host:port` when given.
+async fn manual(
+    state: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    cluster: String,
+    target: Option<(String, String)>,
+    kind: RecoveryKind,
+) -> Response {
+    let target = match target.map(|(host, port)| key(&host, &port)).transpose() {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
     if !state.raft.is_leader() {
         return forward(&state, &headers, reqwest::Method::POST, uri.path(), None).await;
     }
-    match state.recovery.manual(m).await {
+    match state.recovery.manual(ManualRecovery { cluster, target, kind }).await {
         Ok(o) => {
             let code = if o.success { StatusCode::OK } else { StatusCode::CONFLICT };
             let body = json!({
@@ -179,62 +192,31 @@ async fn manual(state: AppState, headers: HeaderMap, uri: Uri, m: ManualRecovery
     }
 }
 
-async fn switchover(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    Path(cluster): Path<String>,
-) -> Response {
-    manual(state, headers, uri, ManualRecovery { cluster, target: None, kind: RecoveryKind::Switchover })
-        .await
+type Cluster = Path<String>;
+type ClusterTarget = Path<(String, String, String)>;
+
+async fn switchover(State(s): State<AppState>, h: HeaderMap, uri: Uri, Path(c): Cluster) -> Response {
+    manual(s, h, uri, c, None, RecoveryKind::Switchover).await
 }
 
 async fn switchover_to(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(s): State<AppState>,
+    h: HeaderMap,
     uri: Uri,
-    Path((cluster, host, port)): Path<(String, String, String)>,
+    Path((c, host, port)): ClusterTarget,
 ) -> Response {
-    match key(&host, &port) {
-        Ok(k) => {
-            manual(
-                state,
-                headers,
-                uri,
-                ManualRecovery { cluster, target: Some(k), kind: RecoveryKind::Switchover },
-            )
-            .await
-        }
-        Err(e) => e.into_response(),
-    }
+    manual(s, h, uri, c, Some((host, port)), RecoveryKind::Switchover).await
 }
 
-async fn force_failover(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    Path(cluster): Path<String>,
-) -> Response {
-    manual(state, headers, uri, ManualRecovery { cluster, target: None, kind: RecoveryKind::ForcedFailover })
-        .await
+async fn force_failover(State(s): State<AppState>, h: HeaderMap, uri: Uri, Path(c): Cluster) -> Response {
+    manual(s, h, uri, c, None, RecoveryKind::ForcedFailover).await
 }
 
 async fn force_failover_to(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(s): State<AppState>,
+    h: HeaderMap,
     uri: Uri,
-    Path((cluster, host, port)): Path<(String, String, String)>,
+    Path((c, host, port)): ClusterTarget,
 ) -> Response {
-    match key(&host, &port) {
-        Ok(k) => {
-            manual(
-                state,
-                headers,
-                uri,
-                ManualRecovery { cluster, target: Some(k), kind: RecoveryKind::ForcedFailover },
-            )
-            .await
-        }
-        Err(e) => e.into_response(),
-    }
+    manual(s, h, uri, c, Some((host, port)), RecoveryKind::ForcedFailover).await
 }
