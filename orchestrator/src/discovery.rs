@@ -173,6 +173,10 @@ impl TopologyStore {
         })
     }
 
+    pub fn cluster_count(&self) -> usize {
+        self.read().clusters.len()
+    }
+
     pub fn instance_count(&self) -> usize {
         self.read().instances.len()
     }
@@ -280,7 +284,7 @@ impl Discovery {
             pending = found.into_iter().filter(|k| !probed.contains(k)).collect();
         }
         h.store.rebuild(unix_millis_now());
-        h.metrics.set_topology_size(h.store.instance_count(), h.store.clusters().len());
+        h.metrics.set_topology_size(h.store.instance_count(), h.store.cluster_count());
     }
 
     /// Runs until `shutdown` resolves.

@@ -27,7 +27,7 @@ impl Orchestrator for OrchestratorService {
             http_address: s.http_address.to_string(),
             uptime_seconds: s.started.elapsed().as_secs(),
             known_instances: s.store.instance_count() as u32,
-            clusters: s.store.clusters().len() as u32,
+            clusters: s.store.cluster_count() as u32,
         }))
     }
 
