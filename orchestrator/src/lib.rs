@@ -11,6 +11,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod aws;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
