@@ -304,7 +304,7 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Flavor, GtidSet, ReplicationStatus, SemiSyncStatus, ThreadState};
+    use crate::topology::GtidSet;
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -333,30 +333,10 @@ mod tests {
     }
 
     fn probe(source: Option<&str>, replicas: &[&str]) -> InstanceProbe {
-        InstanceProbe {
-            server_id: 1,
-            server_uuid: None,
-            version: "10.11".into(),
-            flavor: Flavor::MariaDb,
-            read_only: source.is_some(),
-            super_read_only: None,
-            log_bin: true,
-            gtid_executed: GtidSet::parse("0-1-5").unwrap(),
-            replication: source.map(|s| ReplicationStatus {
-                source: key(s),
-                io_thread: ThreadState::Running,
-                sql_thread: ThreadState::Running,
-                last_io_errno: 0,
-                last_io_error: String::new(),
-                last_sql_errno: 0,
-                last_sql_error: String::new(),
-                seconds_behind: Some(0),
-                gtid_mode: "Slave_Pos".into(),
-                received: GtidSet::new(),
-            }),
-            replicas: replicas.iter().map(|r| key(r)).collect(),
-            semi_sync: SemiSyncStatus::default(),
-        }
+        let mut p = crate::topology::fixtures::probe(source);
+        p.gtid_executed = GtidSet::parse("0-1-5").unwrap();
+        p.replicas = replicas.iter().map(|r| key(r)).collect();
+        p
     }
 
     fn discovery(prober: ScriptedProber, seeds: &[&str]) -> (Discovery, Arc<TopologyStore>) {

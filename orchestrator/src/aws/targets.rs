@@ -107,10 +107,7 @@ pub fn reconcile(desired: &Desired, write: &[Target], read: &[Target]) -> Vec<Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{
-        build_clusters, Flavor, GtidSet, InstanceProbe, InstanceState, ReplicationStatus, SemiSyncStatus,
-        ThreadState,
-    };
+    use crate::topology::{build_clusters, InstanceState, ThreadState};
     use std::collections::BTreeMap;
 
     fn key(s: &str) -> InstanceKey {
@@ -124,32 +121,12 @@ mod tests {
         reachable: bool,
         io: ThreadState,
     ) -> InstanceState {
-        let mut st = InstanceState::new(key(k));
+        let mut st = crate::topology::fixtures::reachable(k, source);
         st.reachable = reachable;
-        st.last_probe = Some(InstanceProbe {
-            server_id: 1,
-            server_uuid: None,
-            version: "10.11".into(),
-            flavor: Flavor::MariaDb,
-            read_only: source.is_some(),
-            super_read_only: None,
-            log_bin: true,
-            gtid_executed: GtidSet::new(),
-            replication: source.map(|s| ReplicationStatus {
-                source: key(s),
-                io_thread: io,
-                sql_thread: ThreadState::Running,
-                last_io_errno: 0,
-                last_io_error: String::new(),
-                last_sql_errno: 0,
-                last_sql_error: String::new(),
-                seconds_behind: lag,
-                gtid_mode: "Slave_Pos".into(),
-                received: GtidSet::new(),
-            }),
-            replicas: vec![],
-            semi_sync: SemiSyncStatus::default(),
-        });
+        if let Some(r) = st.last_probe.as_mut().and_then(|p| p.replication.as_mut()) {
+            r.seconds_behind = lag;
+            r.io_thread = io;
+        }
         st
     }
 

@@ -202,37 +202,22 @@ pub fn plan_failover(input: &FailoverInput) -> Result<FailoverPlan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Flavor, ReplicationStatus, SemiSyncStatus, ThreadState};
+    use crate::topology::ThreadState;
 
     fn key(s: &str) -> InstanceKey {
         s.parse().unwrap()
     }
 
+    /// A replica of the dead master `m:1`, its IO thread reconnecting.
     fn probe(executed: &str, received: &str, lag: u64) -> InstanceProbe {
-        InstanceProbe {
-            server_id: 2,
-            server_uuid: None,
-            version: "10.11".into(),
-            flavor: Flavor::MariaDb,
-            read_only: true,
-            super_read_only: None,
-            log_bin: true,
-            gtid_executed: GtidSet::parse(executed).unwrap(),
-            replication: Some(ReplicationStatus {
-                source: key("m:1"),
-                io_thread: ThreadState::Connecting,
-                sql_thread: ThreadState::Running,
-                last_io_errno: 2003,
-                last_io_error: String::new(),
-                last_sql_errno: 0,
-                last_sql_error: String::new(),
-                seconds_behind: Some(lag),
-                gtid_mode: "Slave_Pos".into(),
-                received: GtidSet::parse(received).unwrap(),
-            }),
-            replicas: vec![],
-            semi_sync: SemiSyncStatus::default(),
-        }
+        let mut p = crate::topology::fixtures::probe(Some("m:1"));
+        p.gtid_executed = GtidSet::parse(executed).unwrap();
+        let r = p.replication.as_mut().unwrap();
+        r.io_thread = ThreadState::Connecting;
+        r.last_io_errno = 2003;
+        r.seconds_behind = Some(lag);
+        r.received = GtidSet::parse(received).unwrap();
+        p
     }
 
     fn replica(k: &str, executed: &str, received: &str, rule: PromotionRule) -> ReplicaFacts {

@@ -387,18 +387,15 @@ fn root_of(key: &InstanceKey, instances: &BTreeMap<InstanceKey, InstanceState>) 
     }
 }
 
+/// Fixtures shared by the modules' tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn key(s: &str) -> InstanceKey {
-        s.parse().unwrap()
-    }
-
-    fn probed(k: &str, source: Option<&str>) -> InstanceState {
-        let mut st = InstanceState::new(key(k));
-        st.reachable = true;
-        st.last_probe = Some(InstanceProbe {
+    /// A MariaDB probe: a writable master when `source` is `None`, else a read-only
+    /// replica of `source` with both threads running and no lag. Tests adjust fields.
+    pub fn probe(source: Option<&str>) -> InstanceProbe {
+        InstanceProbe {
             server_id: 1,
             server_uuid: None,
             version: "10.11.19-MariaDB".into(),
@@ -408,7 +405,7 @@ mod tests {
             log_bin: true,
             gtid_executed: GtidSet::new(),
             replication: source.map(|s| ReplicationStatus {
-                source: key(s),
+                source: s.parse().expect("instance key"),
                 io_thread: ThreadState::Running,
                 sql_thread: ThreadState::Running,
                 last_io_errno: 0,
@@ -421,8 +418,28 @@ mod tests {
             }),
             replicas: vec![],
             semi_sync: SemiSyncStatus::default(),
-        });
+        }
+    }
+
+    /// A reachable instance `key` with [`probe`] as its last probe.
+    pub fn reachable(key: &str, source: Option<&str>) -> InstanceState {
+        let mut st = InstanceState::new(key.parse().expect("instance key"));
+        st.reachable = true;
+        st.last_probe = Some(probe(source));
         st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> InstanceKey {
+        s.parse().unwrap()
+    }
+
+    fn probed(k: &str, source: Option<&str>) -> InstanceState {
+        fixtures::reachable(k, source)
     }
 
     fn map(states: Vec<InstanceState>) -> BTreeMap<InstanceKey, InstanceState> {
