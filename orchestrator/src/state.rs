@@ -375,6 +375,11 @@ impl ClusterState {
     pub fn is_downtimed(&self, instance: &InstanceKey, now_unix_ms: i64) -> bool {
         self.downtimes.get(instance).is_some_and(|d| d.until_unix_ms > now_unix_ms)
     }
+
+    /// The instances downtimed at `now_unix_ms`.
+    pub fn downtimed_at(&self, now_unix_ms: i64) -> std::collections::BTreeSet<InstanceKey> {
+        self.downtimes.keys().filter(|k| self.is_downtimed(k, now_unix_ms)).cloned().collect()
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,19 @@ async fn assert_one_master(bed: &TestBed, master: &str, skip: &[usize]) {
     }
 }
 
+/// Waits up to 10 s until server `index` is read-only; fails with `why` otherwise.
+async fn wait_read_only(bed: &TestBed, index: usize, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ro = bed.cluster.servers[index].scalar("SELECT @@read_only").await.ok().flatten();
+        if ro.as_deref() == Some("1") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every acknowledged write is on the new master.
 async fn assert_no_lost_write(report: &WriterReport, master: &str) {
     assert!(report.acknowledged.len() > 10, "the writer barely wrote: {report:?}");
@@ -191,15 +204,7 @@ async fn a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     bed.cluster.servers[0].signal(libc::SIGCONT);
     // Awake again, it must be made read-only and never take a write acknowledged.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ro = bed.cluster.servers[0].scalar("SELECT @@read_only").await.ok().flatten();
-        if ro.as_deref() == Some("1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the woken old master stays writable");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_read_only(&bed, 0, "the woken old master stays writable").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;
     assert_one_master(&bed, &new_master, &[0]).await;
@@ -216,15 +221,7 @@ async fn a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself() {
     let (new_master, took) = wait_new_master(&bed, &old, Duration::from_secs(20)).await;
     eprintln!("partition: new master {new_master} recorded after {took:?}");
     // On the minority side, the old master's own peer makes it read-only.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ro = bed.cluster.servers[0].scalar("SELECT @@read_only").await.ok().flatten();
-        if ro.as_deref() == Some("1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cut-off master was not fenced by its own peer");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_read_only(&bed, 0, "the cut-off master was not fenced by its own peer").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;
     cut.heal().unwrap();

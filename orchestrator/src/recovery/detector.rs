@@ -194,9 +194,7 @@ impl RecoveryService {
         raft_master: &InstanceKey,
         state: &ClusterState,
     ) -> Vec<Problem> {
-        let now = unix_millis_now();
-        let downtimed: BTreeSet<InstanceKey> =
-            state.downtimes.iter().filter(|(_, d)| d.until_unix_ms > now).map(|(k, _)| k.clone()).collect();
+        let downtimed = state.downtimed_at(unix_millis_now());
         let voters = self.node.status().members.iter().filter(|m| m.voter).count();
         let settings = self.settings();
         let master_down = snapshot.instance(&snapshot.master).is_some_and(|m| !m.state.reachable);
@@ -381,7 +379,6 @@ impl RecoveryService {
             .map(|i| i.state.key.clone())
             .filter(|k| k != master)
             .collect();
-        let now = unix_millis_now();
         let master_probe = master_state.and_then(|s| s.last_probe);
         let semi_sync = master_probe.as_ref().is_some_and(|p| p.semi_sync.master_enabled);
         RecoveryRequest {
@@ -393,12 +390,7 @@ impl RecoveryService {
             kind,
             target,
             rules: state.promotion_rules.clone(),
-            downtimed: state
-                .downtimes
-                .iter()
-                .filter(|(_, d)| d.until_unix_ms > now)
-                .map(|(k, _)| k.clone())
-                .collect(),
+            downtimed: state.downtimed_at(unix_millis_now()),
             max_lag_s: self.config.recovery.max_lag_on_failover_s,
             semi_sync,
             resume: None,
