@@ -71,6 +71,71 @@ pub struct Config {
     pub raft: RaftTuning,
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    /// The AWS side (NLB target groups, DynamoDB); off unless a cluster has `[clusters.aws]`.
+    #[serde(default)]
+    pub aws: AwsConfig,
+}
+
+/// How the peer reaches AWS. Credentials come from the standard chain (environment,
+/// profile, instance role); the region from here or that chain.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    /// Another endpoint for every service (moto in tests and the sandbox).
+    pub endpoint_url: Option<String>,
+    /// Bound on one AWS call, retries included.
+    pub call_timeout_ms: u64,
+    /// How often a converged leader checks AWS again.
+    pub reconcile_interval_ms: u64,
+    /// Longest wait between attempts while AWS does not match (errors back off to this).
+    pub max_backoff_ms: u64,
+    /// The `topology` item is written on change and at least this often.
+    pub topology_refresh_s: u64,
+    /// `master_lock.expires_at` lies this far after each write.
+    pub master_lock_ttl_s: u64,
+    /// Replicas lagging more than this leave the read target group.
+    pub read_max_lag_s: u64,
+    /// EC2 instance ids by MySQL instance (`"10.0.1.5:3306" = "i-0abc"`); instances not
+    /// listed are looked up in EC2 by private IP.
+    pub instance_ids: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            call_timeout_ms: 3000,
+            reconcile_interval_ms: 5000,
+            max_backoff_ms: 5000,
+            topology_refresh_s: 30,
+            master_lock_ttl_s: 60,
+            read_max_lag_s: 30,
+            instance_ids: Default::default(),
+        }
+    }
+}
+
+/// One cluster's AWS resources.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterAwsConfig {
+    /// The AWS-side name of the cluster (`{cluster_id}-orchestrator` table).
+    pub cluster_id: String,
+    /// NLB port 3306: the master only.
+    pub write_target_group_arn: String,
+    /// NLB port 3307: the replicas.
+    pub read_target_group_arn: String,
+    /// DynamoDB table (default `{cluster_id}-orchestrator`).
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+impl ClusterAwsConfig {
+    pub fn table_name(&self) -> String {
+        self.table.clone().unwrap_or_else(|| format!("{}-orchestrator", self.cluster_id))
+    }
 }
 
 /// Raft timing and log compaction.
@@ -262,6 +327,9 @@ impl DiscoveryConfig {
 pub struct ClusterConfig {
     pub alias: String,
     pub seeds: Vec<InstanceKey>,
+    /// Its NLB target groups and DynamoDB table, when the peers manage them.
+    #[serde(default)]
+    pub aws: Option<ClusterAwsConfig>,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -478,6 +546,40 @@ impl Config {
             }
             if c.seeds.is_empty() {
                 return Err(invalid("clusters.seeds", format!("cluster `{}` has no seed instance", c.alias)));
+            }
+            if let Some(a) = &c.aws {
+                for (key, value) in [
+                    ("clusters.aws.cluster_id", &a.cluster_id),
+                    ("clusters.aws.write_target_group_arn", &a.write_target_group_arn),
+                    ("clusters.aws.read_target_group_arn", &a.read_target_group_arn),
+                ] {
+                    if value.is_empty() {
+                        return Err(invalid(key, format!("cluster `{}`: must not be empty", c.alias)));
+                    }
+                }
+                if a.write_target_group_arn == a.read_target_group_arn {
+                    return Err(invalid(
+                        "clusters.aws.read_target_group_arn",
+                        format!("cluster `{}`: the read and write target groups must differ", c.alias),
+                    ));
+                }
+            }
+        }
+        let a = &self.aws;
+        for (key, value) in [
+            ("aws.call_timeout_ms", a.call_timeout_ms),
+            ("aws.reconcile_interval_ms", a.reconcile_interval_ms),
+            ("aws.max_backoff_ms", a.max_backoff_ms),
+            ("aws.topology_refresh_s", a.topology_refresh_s),
+            ("aws.master_lock_ttl_s", a.master_lock_ttl_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be above 0".into()));
+            }
+        }
+        for key in a.instance_ids.keys() {
+            if key.parse::<InstanceKey>().is_err() {
+                return Err(invalid("aws.instance_ids", format!("`{key}` is not host:port")));
             }
         }
         Ok(())

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use orchestrator::api::{self, AppState};
+use orchestrator::aws::controller::AwsController;
+use orchestrator::aws::AwsClients;
 use orchestrator::config::Config;
 use orchestrator::discovery::{Discovery, TopologyStore};
 use orchestrator::metrics::Metrics;
@@ -132,6 +134,20 @@ async fn run() -> anyhow::Result<()> {
         }
         None => tracing::warn!("no local instance known (set recovery.local_instance): self-fencing is off"),
     }
+    let aws = match config.clusters.iter().any(|c| c.aws.is_some()) {
+        true => {
+            let clients = AwsClients::load(&config.aws).await;
+            let controller =
+                AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config)
+                    .map(Arc::new);
+            if let Some(c) = &controller {
+                tracing::info!(endpoint = ?config.aws.endpoint_url, "managing NLB target groups and DynamoDB");
+                tokio::spawn(c.clone().run(stop_rx.clone()));
+            }
+            controller
+        }
+        false => None,
+    };
     let state = AppState {
         node_id: config.node_id,
         http_address: config.http_listen,
@@ -146,6 +162,7 @@ async fn run() -> anyhow::Result<()> {
             config.source_ip(),
             Duration::from_secs(10),
         ),
+        aws,
     };
     let server = tokio::spawn({
         let mut stop = stop_rx.clone();

@@ -24,6 +24,27 @@ struct InstanceLabels {
     instance: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    item: &'static str,
+    outcome: &'static str,
+}
+
+fn converge_histogram() -> Histogram {
+    // 10 ms .. ~80 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14))
+}
+
 fn probe_latency_histogram() -> Histogram {
     // 1 ms .. ~2 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 12))
@@ -43,6 +64,10 @@ pub struct Metrics {
     raft_commit_index: Gauge,
     raft_applied_index: Gauge,
     raft_heartbeat_age: Gauge<f64, AtomicU64>,
+    aws_call_errors: Family<OperationLabels, Counter>,
+    aws_reconcile_lag: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    aws_write_group_converge: Histogram,
+    aws_mirror_writes: Family<MirrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,7 +119,31 @@ impl Metrics {
             "Seconds since this follower last accepted entries from a leader (0 on the leader)",
             raft_heartbeat_age.clone(),
         );
+        let aws_call_errors = Family::<OperationLabels, Counter>::default();
+        let aws_reconcile_lag = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+        let aws_write_group_converge = converge_histogram();
+        let aws_mirror_writes = Family::<MirrorLabels, Counter>::default();
+        registry.register("aws_call_errors", "Failed AWS calls by API operation", aws_call_errors.clone());
+        registry.register(
+            "aws_reconcile_lag_seconds",
+            "How long the NLB target groups have not matched Raft (0 when they match)",
+            aws_reconcile_lag.clone(),
+        );
+        registry.register(
+            "aws_write_group_converge_seconds",
+            "From a master change recorded in Raft to the write target group holding exactly the new master",
+            aws_write_group_converge.clone(),
+        );
+        registry.register(
+            "aws_mirror_writes",
+            "DynamoDB mirror writes by item and outcome (written, rejected, error)",
+            aws_mirror_writes.clone(),
+        );
         Self {
+            aws_call_errors,
+            aws_reconcile_lag,
+            aws_write_group_converge,
+            aws_mirror_writes,
             registry: Mutex::new(registry),
             probes,
             probe_latency,
@@ -108,6 +157,28 @@ impl Metrics {
             raft_applied_index,
             raft_heartbeat_age,
         }
+    }
+
+    /// One failed AWS call.
+    pub fn aws_call_failed(&self, operation: &'static str) {
+        self.aws_call_errors.get_or_create(&OperationLabels { operation }).inc();
+    }
+
+    /// How long `cluster`'s target groups have differed from Raft (0: they match).
+    pub fn set_aws_reconcile_lag(&self, cluster: &str, lag: Duration) {
+        self.aws_reconcile_lag
+            .get_or_create(&ClusterLabels { cluster: cluster.to_string() })
+            .set(lag.as_secs_f64());
+    }
+
+    /// A master change reached the write target group after `took`.
+    pub fn aws_write_group_converged(&self, took: Duration) {
+        self.aws_write_group_converge.observe(took.as_secs_f64());
+    }
+
+    /// One DynamoDB mirror write of `item` ended in `outcome`.
+    pub fn aws_mirror_write(&self, item: &'static str, outcome: &'static str) {
+        self.aws_mirror_writes.get_or_create(&MirrorLabels { item, outcome }).inc();
     }
 
     /// Raft gauges; `heartbeat_age_s` is `None` before any contact.

@@ -8,17 +8,23 @@
 //! - [`peer`] runs orchestrator peers and talks to their API;
 //! - [`raft`] reads and writes the peers' Raft group through that API;
 //! - [`netfault`] cuts the network between hosts (`nft`);
-//! - [`TestBed`] puts the three together for one test.
+//! - [`aws`] runs `moto_server` and creates a cluster's AWS side in it;
+//! - [`nlb`] is the NLB stand-in clients connect through;
+//! - [`TestBed`] puts databases and peers together for one test, [`AwsBed`] adds
+//!   moto, the AWS resources and the NLB stand-in.
 
+pub mod aws;
 pub mod hosts;
 pub mod mariadb;
 pub mod netfault;
+pub mod nlb;
 pub mod peer;
 pub mod process;
 pub mod raft;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use hosts::HostBlock;
 use mariadb::MariaDbCluster;
@@ -46,10 +52,19 @@ impl TestBed {
         alias: &str,
         tune: impl FnOnce(&mut PeerGroupSpec),
     ) -> anyhow::Result<TestBed> {
-        let hosts = HostBlock::reserve(n)?;
-        let dir = test_dir("orch-test-")?;
-        let addrs = hosts.hosts();
-        let cgroups = hosts.cgroup_dirs();
+        Self::start_on(HostBlock::reserve(n)?, test_dir("orch-test-")?, n, alias, tune).await
+    }
+
+    /// As [`TestBed::start_with`], on the first `n` hosts of `hosts`.
+    pub async fn start_on(
+        hosts: HostBlock,
+        dir: tempfile::TempDir,
+        n: u8,
+        alias: &str,
+        tune: impl FnOnce(&mut PeerGroupSpec),
+    ) -> anyhow::Result<TestBed> {
+        let addrs: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
+        let cgroups: Vec<_> = hosts.cgroup_dirs().into_iter().take(n as usize).collect();
         let cluster =
             MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
         let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
@@ -57,6 +72,91 @@ impl TestBed {
         let peers =
             peer::start_peers(&addrs, &spec, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
         Ok(TestBed { peers, cluster, hosts, dir })
+    }
+
+    /// The first running peer.
+    pub fn live_peer(&self) -> &Peer {
+        self.peers.iter().find(|p| p.is_running()).expect("a running peer")
+    }
+
+    /// Waits until Raft has registered cluster `alias` with host 1 as master.
+    pub async fn wait_registered(&self, alias: &str) -> anyhow::Result<()> {
+        let url = self.live_peer().url("/api/raft/state-machine");
+        let master = self.cluster.master().key();
+        peer::poll_json(&url, Duration::from_secs(20), |s| {
+            s["state"]["clusters"][alias]["master"] == master.as_str()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|last| anyhow::anyhow!("cluster {alias} never registered: {last}"))
+    }
+
+    /// Waits until Raft records a master of `alias` other than `old`; returns it and
+    /// how long that took (or the peers' last log lines).
+    pub async fn wait_new_master(
+        &self,
+        alias: &str,
+        old: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Duration)> {
+        let started = Instant::now();
+        loop {
+            for p in self.peers.iter().filter(|p| p.is_running()) {
+                if let Ok(s) = peer::get_json(&p.url("/api/raft/state-machine")).await {
+                    if let Some(m) = s["state"]["clusters"][alias]["master"].as_str() {
+                        if m != old {
+                            return Ok((m.to_string(), started.elapsed()));
+                        }
+                    }
+                }
+            }
+            if started.elapsed() > timeout {
+                let logs: Vec<String> =
+                    self.peers.iter().map(|p| format!("--- {}\n{}", p.host, p.log_tail(25))).collect();
+                anyhow::bail!("no new master within {timeout:?}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every peer's role health checks answer for `master`: 200 on
+    /// `/health/primary` only on its host, 200 on `/health/replica` on the other hosts
+    /// except `down` (indexes of hosts whose mysqld is down: 503 on both).
+    pub async fn wait_health_roles(
+        &self,
+        master: &str,
+        down: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let client = peer::http_client();
+        let deadline = Instant::now() + timeout;
+        for (i, p) in self.peers.iter().enumerate() {
+            let want = match (down.contains(&i), self.cluster.servers[i].key() == master) {
+                (true, _) => (503, 503),
+                (false, true) => (200, 503),
+                (false, false) => (503, 200),
+            };
+            loop {
+                let status = |path: &'static str| {
+                    let req = client.get(p.url(path));
+                    async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+                };
+                let got = (status("/health/primary").await, status("/health/replica?max_lag=30").await);
+                if got == want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "host {}: /health/primary {}, /health/replica {}; want {want:?}",
+                        p.host,
+                        got.0,
+                        got.1
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Where the test's files live (kept with `ORCH_KEEP_TEST_DIR=1`).
@@ -74,6 +174,50 @@ pub fn test_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
         eprintln!("test files kept in {}", dir.path().display());
     }
     Ok(dir)
+}
+
+/// A [`TestBed`] whose peers manage the cluster's AWS side in a real `moto_server`,
+/// with clients reaching the databases through the [`nlb::NlbStandIn`]. Host `n + 1`
+/// runs moto (port 5000) and the stand-in (ports 3306 and 3307).
+pub struct AwsBed {
+    /// Dropped first: the stand-in stops before the servers behind it.
+    pub nlb: nlb::NlbStandIn,
+    pub bed: TestBed,
+    pub moto: aws::Moto,
+    pub clients: orchestrator::aws::AwsClients,
+    pub resources: aws::ClusterResources,
+}
+
+/// Health checks of the stand-in run this many times faster than the target groups
+/// say (5 s interval: 200 ms).
+pub const NLB_TIME_SCALE: u32 = 25;
+
+impl AwsBed {
+    /// `n` database hosts with peers, plus moto and the NLB stand-in on host `n + 1`.
+    pub async fn start(n: u8, alias: &str, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<AwsBed> {
+        let hosts = HostBlock::reserve(n + 1)?;
+        let dir = test_dir("orch-aws-")?;
+        let aws_host = hosts.host(n + 1);
+        let moto =
+            aws::Moto::start(&aws_host, dir.path(), hosts.state_dir(), process::Lifetime::Test, None).await?;
+        let clients = aws::clients(&moto.endpoint).await;
+        let db_hosts: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
+        let cluster_id = format!("orch-{}", aws_host.replace('.', "-"));
+        let resources = aws::provision(&clients, &cluster_id, &db_hosts).await?;
+        let peer_aws = peer::PeerAws::new(&moto.endpoint, &resources);
+        let bed = TestBed::start_on(hosts, dir, n, alias, |spec| {
+            spec.aws = Some(peer_aws);
+            tune(spec);
+        })
+        .await?;
+        let nlb = nlb::NlbStandIn::start(clients.clone(), &resources, &aws_host, NLB_TIME_SCALE).await?;
+        Ok(AwsBed { nlb, bed, moto, clients, resources })
+    }
+
+    /// The NLB's address (clients connect to port 3306 for writes, 3307 for reads).
+    pub fn nlb_host(&self) -> &str {
+        &self.nlb.host
+    }
 }
 
 /// Orchestrator peers alone (no databases): for Raft tests and benchmarks.

@@ -65,6 +65,32 @@ pub struct PeerGroupSpec {
     pub recovery_settings: Vec<String>,
     /// Lines for `[recovery.hooks]` (e.g. `pre_failover = ["sleep 2"]`).
     pub hooks: Vec<String>,
+    /// The cluster's AWS side, when the peers manage it.
+    pub aws: Option<PeerAws>,
+}
+
+/// What the peers need to manage a cluster's NLB target groups and DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct PeerAws {
+    pub endpoint: String,
+    pub cluster_id: String,
+    pub write_target_group_arn: String,
+    pub read_target_group_arn: String,
+    /// Extra lines for the `[aws]` section (e.g. `reconcile_interval_ms = 500`).
+    pub settings: Vec<String>,
+}
+
+impl PeerAws {
+    /// The peers of `resources`' cluster, talking to the moto at `endpoint`.
+    pub fn new(endpoint: &str, resources: &crate::aws::ClusterResources) -> PeerAws {
+        PeerAws {
+            endpoint: endpoint.to_string(),
+            cluster_id: resources.cluster_id.clone(),
+            write_target_group_arn: resources.write_target_group_arn.clone(),
+            read_target_group_arn: resources.read_target_group_arn.clone(),
+            settings: Vec::new(),
+        }
+    }
 }
 
 impl PeerGroupSpec {
@@ -78,6 +104,7 @@ impl PeerGroupSpec {
             raft_settings: Vec::new(),
             recovery_settings: Vec::new(),
             hooks: Vec::new(),
+            aws: None,
         }
     }
 
@@ -117,6 +144,10 @@ impl Peer {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&self.config_path);
         cmd.env("ORCH_LOG", std::env::var("ORCH_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
+        // The credential chain finds these first, so no peer ever asks instance metadata.
+        cmd.env("AWS_ACCESS_KEY_ID", crate::aws::ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", crate::aws::SECRET_ACCESS_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true");
         self.process = Some(ManagedChild::spawn(
             &format!("orchestrator {}", self.host),
             cmd,
@@ -219,9 +250,24 @@ pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &P
     if !spec.hooks.is_empty() {
         s += &format!("[recovery.hooks]\n{}\n\n", spec.hooks.join("\n"));
     }
+    if let Some(aws) = &spec.aws {
+        s += &format!(
+            "[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\nread_max_lag_s = {}\n{}\n\n",
+            crate::aws::REGION,
+            aws.endpoint,
+            crate::aws::READ_MAX_LAG_S,
+            aws.settings.join("\n")
+        );
+    }
     if !spec.seeds.is_empty() {
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         s += &format!("[[clusters]]\nalias = \"{}\"\nseeds = [{}]\n", spec.cluster_alias, seeds.join(", "));
+        if let Some(aws) = &spec.aws {
+            s += &format!(
+                "\n[clusters.aws]\ncluster_id = \"{}\"\nwrite_target_group_arn = \"{}\"\nread_target_group_arn = \"{}\"\n",
+                aws.cluster_id, aws.write_target_group_arn, aws.read_target_group_arn
+            );
+        }
     }
     s
 }

@@ -20,38 +20,15 @@ async fn start(tune: impl FnOnce(&mut orch_tests::peer::PeerGroupSpec)) -> TestB
 }
 
 fn live_peer(bed: &TestBed) -> &Peer {
-    bed.peers.iter().find(|p| p.is_running()).expect("a running peer")
+    bed.live_peer()
 }
 
-/// Waits until Raft has registered the cluster with host 1 as master.
 async fn wait_registered(bed: &TestBed) {
-    let url = live_peer(bed).url("/api/raft/state-machine");
-    let master = bed.cluster.master().key();
-    poll_json(&url, Duration::from_secs(20), |s| s["state"]["clusters"][ALIAS]["master"] == master.as_str())
-        .await
-        .unwrap_or_else(|last| panic!("cluster never registered: {last}"));
+    bed.wait_registered(ALIAS).await.unwrap();
 }
 
-/// Waits until Raft records a master other than `old`; returns it and how long it took.
 async fn wait_new_master(bed: &TestBed, old: &str, timeout: Duration) -> (String, Duration) {
-    let started = Instant::now();
-    loop {
-        for p in bed.peers.iter().filter(|p| p.is_running()) {
-            if let Ok(s) = get_json(&p.url("/api/raft/state-machine")).await {
-                if let Some(m) = s["state"]["clusters"][ALIAS]["master"].as_str() {
-                    if m != old {
-                        return (m.to_string(), started.elapsed());
-                    }
-                }
-            }
-        }
-        if started.elapsed() > timeout {
-            let logs: Vec<String> =
-                bed.peers.iter().map(|p| format!("--- {}\n{}", p.host, p.log_tail(25))).collect();
-            panic!("no new master within {timeout:?}\n{}", logs.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bed.wait_new_master(ALIAS, old, timeout).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Exactly one writable server among those running (the new master); the other
@@ -145,29 +122,7 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
     assert!(r["reason"].as_str().unwrap().starts_with("DeadMaster"), "{r}");
 
     // The role health checks a load balancer uses follow the new roles.
-    let client = http_client();
-    for (i, p) in bed.peers.iter().enumerate() {
-        let is_master = bed.cluster.servers[i].key() == new_master;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let primary = client.get(p.url("/health/primary")).send().await.unwrap().status().as_u16();
-            let replica =
-                client.get(p.url("/health/replica?max_lag=30")).send().await.unwrap().status().as_u16();
-            let want = match (i, is_master) {
-                (0, _) => (503, 503),
-                (_, true) => (200, 503),
-                _ => (503, 200),
-            };
-            if (primary, replica) == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {i}: /health/primary {primary}, /health/replica {replica}, want {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    bed.wait_health_roles(&new_master, &[0], Duration::from_secs(5)).await.unwrap();
 
     // The old master comes back: never writable; it rejoins, or stays fenced with
     // errant GTIDs (a commit it wrote to its binlog but no replica received).

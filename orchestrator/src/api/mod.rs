@@ -32,6 +32,8 @@ pub struct AppState {
     pub local_instance: Option<crate::topology::InstanceKey>,
     /// For forwarding requests to other peers.
     pub http_client: reqwest::Client,
+    /// The NLB/DynamoDB controller, when a cluster has `[clusters.aws]`.
+    pub aws: Option<Arc<crate::aws::controller::AwsController<crate::aws::AwsClients>>>,
 }
 
 /// The HTTP routes and the gRPC services as one router.

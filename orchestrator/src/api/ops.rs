@@ -23,6 +23,7 @@ use crate::topology::InstanceKey;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/problems", get(problems))
+        .route("/api/aws", get(aws_status))
         .route("/api/recoveries", get(recoveries))
         .route("/api/last-recovery", get(last_recovery))
         .route("/api/ack-recovery/{id}", post(ack_recovery))
@@ -50,6 +51,19 @@ async fn problems(State(state): State<AppState>, headers: HeaderMap) -> Response
         return forward(&state, &headers, reqwest::Method::GET, "/api/problems", None).await;
     }
     Json(state.recovery.findings()).into_response()
+}
+
+/// The leader's view of each cluster's target groups and DynamoDB mirror.
+async fn aws_status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.raft.is_leader() {
+        return forward(&state, &headers, reqwest::Method::GET, "/api/aws", None).await;
+    }
+    match &state.aws {
+        Some(aws) => Json(aws.status()).into_response(),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, "no cluster has [clusters.aws] configured").into_response()
+        }
+    }
 }
 
 async fn last_recovery(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -247,6 +247,16 @@ impl RaftNode {
         m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 
+    /// The Raft term this peer is in.
+    pub fn term(&self) -> u64 {
+        self.metrics().current_term
+    }
+
+    /// Wakes on every change of this peer's Raft metrics (role, term, applied index).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, PeerNode>> {
+        self.raft.metrics()
+    }
+
     /// The leader this peer knows of, with its address.
     pub fn leader(&self) -> Option<(NodeId, PeerNode)> {
         let m = self.metrics();

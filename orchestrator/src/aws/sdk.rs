@@ -1,0 +1,264 @@
+//! The AWS SDK edge: ELBv2 target groups, EC2 instance lookup and the DynamoDB mirror
+//! table, each behind a small trait the controller is generic over.
+//!
+//! Clients come from the standard chain (credentials and region from the environment,
+//! profile or instance role) with the config's region and `endpoint_url` on top. Every
+//! call is bounded by `call_timeout_ms` (retries included), so a hung endpoint costs
+//! the controller a few seconds and never the MySQL side anything.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
+use aws_smithy_http_client::tls;
+
+use super::mirror::{
+    Fence, LockTable, MasterLock, PutOutcome, TopologyItem, FENCE_CONDITION, MASTER_LOCK, PK, TOPOLOGY,
+};
+use super::targets::Target;
+use super::AwsError;
+use crate::config::AwsConfig;
+
+/// Register, deregister and list the targets of a target group.
+pub trait TargetGroupApi: Send + Sync {
+    fn targets(&self, group_arn: &str) -> impl Future<Output = Result<Vec<Target>, AwsError>> + Send;
+    fn register(&self, group_arn: &str, id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn deregister(&self, group_arn: &str, id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// Finds the EC2 instance that owns a private IP.
+pub trait InstanceDirectory: Send + Sync {
+    fn instance_by_private_ip(
+        &self,
+        ip: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+}
+
+/// One set of SDK clients sharing an HTTP connection pool.
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub ec2: aws_sdk_ec2::Client,
+}
+
+impl AwsClients {
+    /// Clients for `config`: the standard chain, then its region and endpoint.
+    pub async fn load(config: &AwsConfig) -> AwsClients {
+        Self::load_with(config, None).await
+    }
+
+    /// As [`AwsClients::load`], with fixed credentials instead of the chain's (tools
+    /// and tests talking to moto).
+    pub async fn load_with(
+        config: &AwsConfig,
+        credentials: Option<aws_sdk_dynamodb::config::Credentials>,
+    ) -> AwsClients {
+        let call_timeout = Duration::from_millis(config.call_timeout_ms);
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(call_timeout.min(Duration::from_secs(1)))
+                    .operation_attempt_timeout(call_timeout / 2)
+                    .operation_timeout(call_timeout)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(2));
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let shared = loader.load().await;
+        AwsClients {
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
+            dynamodb: aws_sdk_dynamodb::Client::new(&shared),
+            ec2: aws_sdk_ec2::Client::new(&shared),
+        }
+    }
+}
+
+/// The SDK error as one line, with its causes.
+fn sdk_error<E: std::error::Error>(operation: &'static str, e: E) -> AwsError {
+    let text = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
+    AwsError::new(operation, text.replace('\n', " "))
+}
+
+impl TargetGroupApi for AwsClients {
+    async fn targets(&self, group_arn: &str) -> Result<Vec<Target>, AwsError> {
+        let out = self
+            .elb
+            .describe_target_health()
+            .target_group_arn(group_arn)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeTargetHealth", e))?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| {
+                let id = d.target()?.id()?.to_string();
+                let state = d
+                    .target_health()
+                    .and_then(|h| h.state())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                Some(Target { id, state })
+            })
+            .collect())
+    }
+
+    async fn register(&self, group_arn: &str, id: &str) -> Result<(), AwsError> {
+        self.elb
+            .register_targets()
+            .target_group_arn(group_arn)
+            .targets(TargetDescription::builder().id(id).build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("RegisterTargets", e))?;
+        Ok(())
+    }
+
+    async fn deregister(&self, group_arn: &str, id: &str) -> Result<(), AwsError> {
+        self.elb
+            .deregister_targets()
+            .target_group_arn(group_arn)
+            .targets(TargetDescription::builder().id(id).build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeregisterTargets", e))?;
+        Ok(())
+    }
+}
+
+impl InstanceDirectory for AwsClients {
+    async fn instance_by_private_ip(&self, ip: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("private-ip-address").values(ip).build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        let mut ids = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).is_none_or(|n| n.as_str() != "terminated"))
+            .filter_map(|i| i.instance_id().map(str::to_string));
+        Ok(ids.next())
+    }
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn number(item: &HashMap<String, AttributeValue>, key: &str) -> Option<i64> {
+    item.get(key)?.as_n().ok()?.parse().ok()
+}
+
+fn fence_of(item: &HashMap<String, AttributeValue>) -> Option<Fence> {
+    Some(Fence { epoch: number(item, "epoch")? as u64, raft_term: number(item, "raft_term")? as u64 })
+}
+
+impl AwsClients {
+    /// Puts `item` under [`FENCE_CONDITION`]; a failed condition is an outcome, not an error.
+    async fn put_fenced(
+        &self,
+        table: &str,
+        fence: Fence,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<PutOutcome, AwsError> {
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(FENCE_CONDITION)
+            .expression_attribute_values(":epoch", n(fence.epoch))
+            .expression_attribute_values(":term", n(fence.raft_term))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(e) => match e.as_service_error() {
+                Some(service) if service.is_conditional_check_failed_exception() => {
+                    let stored = match service {
+                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
+                            c,
+                        ) => c.item().and_then(fence_of),
+                        _ => None,
+                    };
+                    Ok(PutOutcome::Rejected { stored })
+                }
+                _ => Err(sdk_error("PutItem", e)),
+            },
+        }
+    }
+}
+
+impl LockTable for AwsClients {
+    async fn put_master_lock(&self, table: &str, lock: &MasterLock) -> Result<PutOutcome, AwsError> {
+        let item = HashMap::from([
+            (PK.to_string(), s(MASTER_LOCK)),
+            ("holder".to_string(), s(&lock.holder)),
+            ("leader_id".to_string(), n(lock.leader_id)),
+            ("epoch".to_string(), n(lock.fence.epoch)),
+            ("raft_term".to_string(), n(lock.fence.raft_term)),
+            ("updated_at".to_string(), n(lock.updated_at)),
+            ("expires_at".to_string(), n(lock.expires_at)),
+        ]);
+        self.put_fenced(table, lock.fence, item).await
+    }
+
+    async fn put_topology(&self, table: &str, topology: &TopologyItem) -> Result<PutOutcome, AwsError> {
+        let item = HashMap::from([
+            (PK.to_string(), s(TOPOLOGY)),
+            ("epoch".to_string(), n(topology.fence.epoch)),
+            ("raft_term".to_string(), n(topology.fence.raft_term)),
+            ("updated_at".to_string(), n(topology.updated_at)),
+            ("topology".to_string(), s(&topology.json)),
+        ]);
+        self.put_fenced(table, topology.fence, item).await
+    }
+
+    async fn get_master_lock(&self, table: &str) -> Result<Option<MasterLock>, AwsError> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(table)
+            .key(PK, s(MASTER_LOCK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        let Some(item) = out.item() else { return Ok(None) };
+        let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        Ok(Some(MasterLock {
+            holder: text("holder"),
+            leader_id: number(item, "leader_id").unwrap_or(0) as u64,
+            fence: fence_of(item).unwrap_or_default(),
+            updated_at: number(item, "updated_at").unwrap_or(0),
+            expires_at: number(item, "expires_at").unwrap_or(0),
+        }))
+    }
+}
