@@ -28,3 +28,21 @@ ensure_rust_components() {
     rustup component add rustfmt clippy
   fi
 }
+
+# moto_server (the AWS endpoint of tests and the sandbox) and the aws CLI (an
+# independent check of what the peers did to AWS), from PyPI.
+ensure_python_packages() {
+  local missing=()
+  command -v moto_server >/dev/null 2>&1 || missing+=("moto[server]>=5.2,<6")
+  command -v aws >/dev/null 2>&1 || missing+=("awscli")
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Python packages: ${missing[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash
+    # A per-user install puts its scripts here.
+    local user_bin
+    user_bin="$(python3 -m site --user-base)/bin"
+    case ":$PATH:" in *":$user_bin:"*) ;; *) export PATH="$PATH:$user_bin" ;; esac
+  fi
+  command -v moto_server >/dev/null 2>&1 || { echo "moto_server is still not on PATH" >&2; return 1; }
+}

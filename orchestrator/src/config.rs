@@ -755,6 +755,32 @@ seeds = ["127.0.1.1:3306"]
     fn example_config_in_deploy_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/orchestrator.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        parse_and_validate(&text).unwrap();
+        let c = parse_and_validate(&text).unwrap();
+        let aws = c.clusters[0].aws.as_ref().expect("[clusters.aws] in the example");
+        assert_eq!(aws.table_name(), "main-orchestrator");
+    }
+
+    #[test]
+    fn aws_settings_are_checked() {
+        // `section` goes before [[clusters]], `aws` into its [clusters.aws].
+        let with_aws = |aws: &str, section: &str| {
+            let (head, clusters) = GOOD.split_at(GOOD.find("[[clusters]]").unwrap());
+            format!("{head}{section}\n\n{clusters}\n[clusters.aws]\n{aws}\n")
+        };
+        let good = "cluster_id = \"c\"\nwrite_target_group_arn = \"w\"\nread_target_group_arn = \"r\"";
+        let c = parse_and_validate(&with_aws(good, "")).unwrap();
+        assert_eq!(c.clusters[0].aws.as_ref().unwrap().table_name(), "c-orchestrator");
+        assert_eq!(c.aws.reconcile_interval_ms, 5000);
+        let cases = [
+            (with_aws(&good.replace("\"r\"", "\"w\""), ""), "must differ"),
+            (with_aws(&good.replace("\"c\"", "\"\""), ""), "clusters.aws.cluster_id"),
+            (with_aws(good, "[aws]\ncall_timeout_ms = 0"), "aws.call_timeout_ms"),
+            (with_aws(good, "[aws.instance_ids]\n\"nohost\" = \"i-1\""), "aws.instance_ids"),
+            (with_aws(good, "[aws]\nendpoint = \"x\""), "endpoint"),
+        ];
+        for (text, needle) in cases {
+            let e = error_of(&text);
+            assert!(e.contains(needle), "expected `{needle}` in: {e}");
+        }
     }
 }

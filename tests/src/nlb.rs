@@ -10,8 +10,9 @@
 //!   thresholds from the group); a newly registered target takes traffic only after
 //!   `healthy_threshold` passing checks, and leaves after `unhealthy_threshold` failed;
 //! - new connections go round-robin to registered healthy targets; when none is
-//!   healthy it fails open to every registered target, as AWS does; deregistered
-//!   targets get no new connections, open ones are left alone.
+//!   healthy it fails open to the registered unhealthy ones, as AWS does (a target
+//!   still in its `initial` checks gets nothing); deregistered targets get no new
+//!   connections, open ones are left alone.
 //!
 //! `time_scale` divides the health-check interval and timeout, so tests see in a
 //! fraction of a second what takes AWS 10 s (5 s interval, threshold 2).
@@ -37,10 +38,20 @@ struct HealthCheck {
     unhealthy_threshold: u32,
 }
 
+/// A target's health as AWS reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Health {
+    /// Registered, thresholds not reached yet: no traffic.
+    #[default]
+    Initial,
+    Healthy,
+    Unhealthy,
+}
+
 #[derive(Debug, Clone, Default)]
 struct TargetView {
     ip: Option<String>,
-    healthy: bool,
+    health: Health,
     passed: u32,
     failed: u32,
 }
@@ -137,7 +148,13 @@ impl NlbStandIn {
         let groups = self.groups.lock().expect("groups");
         groups
             .get(&port)
-            .map(|g| g.targets.values().filter(|t| t.healthy).filter_map(|t| t.ip.clone()).collect())
+            .map(|g| {
+                g.targets
+                    .values()
+                    .filter(|t| t.health == Health::Healthy)
+                    .filter_map(|t| t.ip.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -224,13 +241,13 @@ async fn run_health_checks(groups: Groups) {
                     t.passed += 1;
                     t.failed = 0;
                     if t.passed >= healthy_after {
-                        t.healthy = true;
+                        t.health = Health::Healthy;
                     }
                 } else {
                     t.failed += 1;
                     t.passed = 0;
                     if t.failed >= unhealthy_after {
-                        t.healthy = false;
+                        t.health = Health::Unhealthy;
                     }
                 }
             }
@@ -240,14 +257,15 @@ async fn run_health_checks(groups: Groups) {
 }
 
 /// The address a new connection on `port` goes to: round-robin over healthy targets,
-/// or over every registered one when none is healthy (fail open).
+/// or over the unhealthy ones when none is healthy (fail open).
 fn pick(groups: &Groups, port: u16) -> Option<String> {
     let mut all = groups.lock().ok()?;
     let g = all.get_mut(&port)?;
-    let healthy: Vec<String> =
-        g.targets.values().filter(|t| t.healthy).filter_map(|t| t.ip.clone()).collect();
-    let candidates =
-        if healthy.is_empty() { g.targets.values().filter_map(|t| t.ip.clone()).collect() } else { healthy };
+    let with = |h: Health| -> Vec<String> {
+        g.targets.values().filter(|t| t.health == h).filter_map(|t| t.ip.clone()).collect()
+    };
+    let healthy = with(Health::Healthy);
+    let candidates = if healthy.is_empty() { with(Health::Unhealthy) } else { healthy };
     if candidates.is_empty() {
         return None;
     }

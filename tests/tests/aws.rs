@@ -78,8 +78,7 @@ async fn kill_9_moves_the_target_groups_and_the_master_lock() {
     let took = converged(&bed, &h[0], &[&h[1], &h[2]], Duration::from_secs(20)).await;
     eprintln!("target groups filled {took:?} after registration");
     bed.bed.wait_health_roles(&bed.bed.cluster.master().key(), &[], Duration::from_secs(10)).await.unwrap();
-    let lock = bed.clients.get_master_lock(&bed.resources.table).await.unwrap().expect("master_lock written");
-    assert_eq!(lock.holder, bed.bed.cluster.master().key());
+    wait_master_lock(&bed, &bed.bed.cluster.master().key()).await;
 
     // The application writes through the NLB stand-in.
     let w = Writer::start(vec![bed.nlb_host().to_string()], Duration::from_millis(5), Duration::from_secs(2));
@@ -127,15 +126,7 @@ async fn kill_9_moves_the_target_groups_and_the_master_lock() {
     // DynamoDB mirrors the decision under its fencing epoch...
     let epoch = fencing_epoch(&bed).await;
     assert!(epoch >= 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lock = loop {
-        let lock = bed.clients.get_master_lock(&bed.resources.table).await.unwrap().expect("master_lock");
-        if lock.holder == new_master || Instant::now() > deadline {
-            break lock;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(lock.holder, new_master);
+    let lock = wait_master_lock(&bed, &new_master).await;
     assert_eq!(lock.fence.epoch, epoch);
     assert!(lock.is_live(orchestrator::unix_millis_now() / 1000), "{lock:?}");
 
@@ -151,6 +142,44 @@ async fn kill_9_moves_the_target_groups_and_the_master_lock() {
     assert_eq!(outcome, PutOutcome::Rejected { stored: Some(lock.fence) });
     let after = bed.clients.get_master_lock(&bed.resources.table).await.unwrap().unwrap();
     assert_eq!(after.holder, new_master, "the stale write replaced the lock");
+
+    // The leader measured the master change reaching the write group.
+    let converges = metric_sum(&bed, "orchestrator_aws_write_group_converge_seconds_count").await;
+    assert!(converges >= 1.0, "no write-group convergence measured");
+}
+
+/// Waits up to 10 s until DynamoDB's `master_lock` names `holder`.
+async fn wait_master_lock(bed: &AwsBed, holder: &str) -> MasterLock {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lock = bed.clients.get_master_lock(&bed.resources.table).await.unwrap();
+        match lock {
+            Some(lock) if lock.holder == holder => return lock,
+            _ if Instant::now() > deadline => panic!("master_lock never named {holder}: {lock:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The sum of a metric's samples over all running peers.
+async fn metric_sum(bed: &AwsBed, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for p in bed.bed.peers.iter().filter(|p| p.is_running()) {
+        let text = orch_tests::peer::http_client()
+            .get(p.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    sum
 }
 
 #[tokio::test]
@@ -195,16 +224,7 @@ async fn an_aws_outage_delays_only_the_target_groups() {
         "AWS back: target groups converged {took:?} (polled), {:?} after it returned",
         resumed.elapsed()
     );
-    let metrics = bed.bed.peers.iter().map(|p| p.url("/metrics")).collect::<Vec<_>>();
-    let mut errors = 0.0;
-    for url in metrics {
-        let text = orch_tests::peer::http_client().get(url).send().await.unwrap().text().await.unwrap();
-        errors += text
-            .lines()
-            .filter(|l| l.starts_with("orchestrator_aws_call_errors_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
+    let errors = metric_sum(&bed, "orchestrator_aws_call_errors_total").await;
     assert!(errors > 0.0, "the outage left no trace in orchestrator_aws_call_errors_total");
 }
 

@@ -1,6 +1,9 @@
 //! `sandbox`: the local sandbox behind `deploy/sandbox`. Three simulated hosts on
 //! 127.0.1.1-3, each with a `mariadbd` (127.0.1.1 the master) and an orchestrator peer
-//! on the production ports, left running in the background until `sandbox down`.
+//! on the production ports; on 127.0.1.4 the AWS emulator (`moto_server`, port 5000)
+//! holding the cluster's NLB, target groups and DynamoDB table, which the peers
+//! manage, and the NLB stand-in (3306 writes, 3307 reads). All left running in the
+//! background until `sandbox down`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use orch_tests::aws::{self, ClusterResources, Moto};
 use orch_tests::hosts::HostBlock;
 use orch_tests::mariadb::MariaDbCluster;
-use orch_tests::peer::{self, get_json, poll_json, workspace_root, PeerGroupSpec};
+use orch_tests::peer::{self, get_json, poll_json, workspace_root, PeerAws, PeerGroupSpec};
 use orch_tests::process::{kill_recorded, Lifetime};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +23,7 @@ const HOSTS: u8 = 3;
 const ALIAS: &str = "sandbox";
 
 #[derive(Parser, Debug)]
-#[command(about = "Local sandbox: 3 MariaDB servers and 3 orchestrator peers on loopback")]
+#[command(about = "Local sandbox: 3 MariaDB servers, 3 orchestrator peers and the AWS emulator on loopback")]
 struct Args {
     /// Where the sandbox keeps its data and logs.
     #[arg(long, env = "ORCH_SANDBOX_DIR")]
@@ -36,6 +40,9 @@ enum Cmd {
     Status,
     /// Stop everything and delete the sandbox's data.
     Down,
+    /// Run the NLB stand-in in the foreground (`up` starts it in the background).
+    #[command(hide = true)]
+    Nlb,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -43,6 +50,30 @@ struct SandboxState {
     hosts: Vec<String>,
     mariadbd_pids: Vec<u32>,
     peer_pids: Vec<u32>,
+    /// The AWS host: moto on port 5000, the NLB stand-in on 3306/3307.
+    #[serde(default)]
+    aws_host: String,
+    #[serde(default)]
+    moto_pid: u32,
+    #[serde(default)]
+    nlb_pid: u32,
+    #[serde(default)]
+    aws: Option<ClusterResources>,
+}
+
+impl SandboxState {
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.nlb_pid];
+        pids.extend(&self.peer_pids);
+        pids.extend(&self.mariadbd_pids);
+        pids.push(self.moto_pid);
+        pids.retain(|p| *p != 0);
+        pids
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}:{}", self.aws_host, aws::MOTO_PORT)
+    }
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -64,6 +95,7 @@ async fn main() {
         Cmd::Up => up(&dir).await,
         Cmd::Status => status(&dir).await,
         Cmd::Down => down(&dir),
+        Cmd::Nlb => serve_nlb(&dir).await,
     };
     if let Err(e) = result {
         eprintln!("sandbox: {e:#}");
@@ -73,30 +105,59 @@ async fn main() {
 
 async fn up(dir: &Path) -> anyhow::Result<()> {
     if let Some(state) = read_state(dir) {
-        if state.mariadbd_pids.iter().chain(&state.peer_pids).any(|p| alive(*p)) {
+        if state.pids().iter().any(|p| alive(*p)) {
             println!("sandbox is already up ({}).", dir.display());
             return status(dir).await;
         }
         down(dir)?;
     }
-    let block = HostBlock::reserve_fixed(PREFIX, HOSTS)?;
-    let hosts = block.hosts();
+    let block = HostBlock::reserve_fixed(PREFIX, HOSTS + 1)?;
+    let hosts: Vec<String> = (1..=HOSTS).map(|i| block.host(i)).collect();
+    let aws_host = block.host(HOSTS + 1);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!("starting the AWS emulator (moto_server) on {aws_host}:{} ...", aws::MOTO_PORT);
+    let moto = Moto::start(&aws_host, dir, block.state_dir(), Lifetime::Detached, None)
+        .await
+        .context("starting moto_server")?;
+    let clients = aws::clients(&moto.endpoint).await;
+    let resources =
+        aws::provision(&clients, ALIAS, &hosts).await.context("creating the NLB, target groups and table")?;
+    println!(
+        "created NLB {}-nlb, target groups {0}-write (3306) and {0}-read (3307), DynamoDB table {}",
+        resources.cluster_id, resources.table
+    );
     println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
     let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
         .context("starting MariaDB")?;
     println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
     println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
-    let spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
+    let mut spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
+    spec.aws = Some(PeerAws::new(&moto.endpoint, &resources));
     let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
         .context("starting orchestrator peers")?;
-    let state = SandboxState {
+    let mut state = SandboxState {
         hosts: hosts.clone(),
         mariadbd_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
         peer_pids: peers.iter_mut().filter_map(|p| p.detach()).collect(),
+        aws_host: aws_host.clone(),
+        moto_pid: moto.detach(),
+        nlb_pid: 0,
+        aws: Some(resources.clone()),
     };
+    std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
+    let mut nlb = Command::new(std::env::current_exe()?);
+    nlb.arg("--dir").arg(dir).arg("nlb");
+    let nlb = orch_tests::process::ManagedChild::spawn(
+        "NLB stand-in",
+        nlb,
+        &dir.join("nlb.log"),
+        block.state_dir(),
+        Lifetime::Detached,
+        None,
+    )?;
+    state.nlb_pid = nlb.detach();
     std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
 
     let url = format!("http://{}:3000/api/cluster/{ALIAS}", hosts[0]);
@@ -113,7 +174,31 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
     if let Err(last) = poll_json(&raft_url, Duration::from_secs(10), |s| s["leader_id"].is_u64()).await {
         bail!("the peers elected no Raft leader within 10 s; last answer: {last}");
     }
+    match aws::wait_members(
+        &clients,
+        &resources,
+        &[&hosts[0]],
+        &[&hosts[1], &hosts[2]],
+        Duration::from_secs(20),
+    )
+    .await
+    {
+        Ok(took) => println!("the peers filled the target groups in {:.1} s\n", took.as_secs_f64()),
+        Err(last) => bail!("the target groups did not fill within 20 s; last seen: {last}"),
+    }
     status(dir).await
+}
+
+/// The NLB stand-in for the sandbox, until killed.
+async fn serve_nlb(dir: &Path) -> anyhow::Result<()> {
+    let state = read_state(dir).context("no sandbox state")?;
+    let resources = state.aws.clone().context("the sandbox has no AWS side")?;
+    let clients = aws::clients(&state.endpoint()).await;
+    let _nlb =
+        orch_tests::nlb::NlbStandIn::start(clients, &resources, &state.aws_host, orch_tests::NLB_TIME_SCALE)
+            .await?;
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 async fn status(dir: &Path) -> anyhow::Result<()> {
@@ -136,8 +221,18 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     println!("topology:      curl http://{}:3000/api/cluster/{ALIAS}", state.hosts[0]);
     println!("metrics:       curl http://{}:3000/metrics", state.hosts[0]);
     println!("mysql:         mariadb -h {} -u app -papp-pass app", state.hosts[0]);
+    if !state.aws_host.is_empty() {
+        println!(
+            "through NLB:   mariadb -h {} -P 3306 -u app -papp-pass app   (3307: replicas)",
+            state.aws_host
+        );
+        println!("AWS emulator:  {}   (NLB stand-in {})", state.endpoint(), show_pid(state.nlb_pid));
+    }
     println!("logs and data: {}", dir.display());
     println!();
+    if let Some(resources) = &state.aws {
+        aws_status(&state, resources).await;
+    }
     let live_peer =
         state.hosts.iter().zip(&state.peer_pids).find(|(_, pid)| alive(**pid)).map(|(h, _)| h.clone());
     let Some(host) = live_peer else {
@@ -168,10 +263,52 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn show_pid(pid: u32) -> String {
+    if alive(pid) {
+        format!("running, pid {pid}")
+    } else {
+        format!("DOWN, was pid {pid}")
+    }
+}
+
+/// Target-group membership and the DynamoDB master lock, as moto holds them.
+async fn aws_status(state: &SandboxState, resources: &ClusterResources) {
+    use orchestrator::aws::{LockTable, TargetGroupApi};
+    if !alive(state.moto_pid) {
+        println!("AWS emulator is DOWN (was pid {}).\n", state.moto_pid);
+        return;
+    }
+    let clients = aws::clients(&state.endpoint()).await;
+    for (name, arn) in [
+        ("write TG :3306", &resources.write_target_group_arn),
+        ("read TG  :3307", &resources.read_target_group_arn),
+    ] {
+        match clients.targets(arn).await {
+            Ok(targets) => {
+                let shown: Vec<String> = targets
+                    .iter()
+                    .map(|t| format!("{} {} ({})", resources.host_of(&t.id).unwrap_or("?"), t.id, t.state))
+                    .collect();
+                println!("{name}: {}", if shown.is_empty() { "empty".into() } else { shown.join(", ") });
+            }
+            Err(e) => println!("{name}: cannot read: {e}"),
+        }
+    }
+    match clients.get_master_lock(&resources.table).await {
+        Ok(Some(lock)) => println!(
+            "master_lock:    {} (epoch {}, raft term {}, written by peer {})",
+            lock.holder, lock.fence.epoch, lock.fence.raft_term, lock.leader_id
+        ),
+        Ok(None) => println!("master_lock:    not written yet"),
+        Err(e) => println!("master_lock:    cannot read: {e}"),
+    }
+    println!();
+}
+
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = read_state(dir);
     if let Some(state) = &state {
-        let pids: Vec<u32> = state.peer_pids.iter().chain(&state.mariadbd_pids).copied().collect();
+        let pids = state.pids();
         for pid in &pids {
             // SAFETY: plain kill(2) on processes this sandbox started.
             unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
