@@ -51,7 +51,14 @@ async fn primary(State(state): State<AppState>) -> Response {
     if !recorded {
         return answer(false, "replica", format!("{key} is not the master Raft recorded"));
     }
-    if probe.read_only {
+    // Just promoted: this peer's last probe may predate it, so look again now.
+    let read_only = if probe.read_only {
+        let seen = state.discovery.observe(&key).await.state;
+        !seen.reachable || seen.last_probe.is_none_or(|p| p.read_only)
+    } else {
+        false
+    };
+    if read_only {
         return answer(false, "master", format!("{key} is read-only"));
     }
     answer(true, "master", format!("{key} is the writable master"))

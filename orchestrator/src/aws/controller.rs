@@ -41,6 +41,24 @@ pub struct ClusterAwsStatus {
     pub master_lock_rejected: Option<String>,
 }
 
+/// How a pass ended, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PassOutcome {
+    /// AWS matches Raft.
+    Converged,
+    /// Calls were just made, or the read group waits for fresh probes: look again soon.
+    Pending,
+    /// An AWS call failed: back off.
+    Failed,
+}
+
+/// Which target groups already held what they should.
+#[derive(Debug, Clone, Copy)]
+struct Matched {
+    write: bool,
+    read: bool,
+}
+
 /// Per-cluster memory of the loop (leader-local; rebuilt after an election).
 #[derive(Default)]
 struct ClusterProgress {
@@ -100,38 +118,65 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Runs until `shutdown` fires.
+    /// Runs until `shutdown` fires. A Raft change (role, term, an applied command such
+    /// as a recovery's intent or outcome) starts a pass at once; a topology change does
+    /// unless the loop is backing off after a failed pass; else every
+    /// `reconcile_interval_ms`.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut topology = self.store.subscribe();
         let mut raft = self.node.watch();
+        let raft_key = |m: &openraft::RaftMetrics<crate::raft::NodeId, crate::raft::PeerNode>| {
+            (m.last_applied.map(|l| l.index), m.current_term, m.current_leader)
+        };
+        let mut last_raft = None;
         let interval = Duration::from_millis(self.settings.reconcile_interval_ms);
         let max_backoff = Duration::from_millis(self.settings.max_backoff_ms);
         let mut backoff = MIN_BACKOFF;
-        let mut next = Duration::ZERO;
+        let mut backing_off = false;
+        let mut deadline = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = topology.changed() => {}
-                _ = raft.changed() => {}
-                _ = tokio::time::sleep(next) => {}
+                _ = topology.changed(), if !backing_off => {}
+                _ = raft.changed() => {
+                    // Heartbeats change the metrics too; only decisions and roles count.
+                    let key = raft_key(&raft.borrow_and_update());
+                    if last_raft == Some(key) {
+                        continue;
+                    }
+                    last_raft = Some(key);
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
             }
             if !self.node.is_leader() || !self.node.has_quorum_contact() {
                 if let Ok(mut p) = self.progress.lock() {
                     p.clear();
                 }
-                next = interval;
+                backing_off = false;
+                deadline = tokio::time::Instant::now() + interval;
                 continue;
             }
-            let mut all_converged = true;
+            let mut worst = PassOutcome::Converged;
             for (alias, aws) in &self.clusters {
-                all_converged &= self.pass(alias, aws).await;
+                worst = worst.max(self.pass(alias, aws).await);
             }
-            if all_converged {
-                backoff = MIN_BACKOFF;
-                next = interval;
-            } else {
-                next = backoff;
-                backoff = (backoff * 2).min(max_backoff);
+            let now = tokio::time::Instant::now();
+            match worst {
+                PassOutcome::Converged => {
+                    backoff = MIN_BACKOFF;
+                    backing_off = false;
+                    deadline = now + interval;
+                }
+                PassOutcome::Pending => {
+                    backoff = MIN_BACKOFF;
+                    backing_off = false;
+                    deadline = now + MIN_BACKOFF;
+                }
+                PassOutcome::Failed => {
+                    backing_off = true;
+                    deadline = now + backoff;
+                    backoff = (backoff * 2).min(max_backoff);
+                }
             }
         }
     }
@@ -160,13 +205,24 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
         Ok(id)
     }
 
-    /// One reconcile of `alias`; true when AWS matches Raft.
-    async fn pass(&self, alias: &str, aws: &ClusterAwsConfig) -> bool {
+    /// One reconcile of `alias`.
+    async fn pass(&self, alias: &str, aws: &ClusterAwsConfig) -> PassOutcome {
         let (_, state) = self.node.state();
-        let Some(record) = state.clusters.get(alias) else { return true };
-        let Some(master) = record.master.clone() else { return true };
-        let Some(snapshot) = self.store.cluster(alias) else { return true };
+        let Some(record) = state.clusters.get(alias) else { return PassOutcome::Converged };
+        let Some(master) = record.master.clone() else { return PassOutcome::Converged };
+        // The cluster Raft's master is in (right after a failover the alias may still
+        // name the old master's cluster until discovery regroups).
+        let Some(snapshot) = self.store.cluster(&master.to_string()).or_else(|| self.store.cluster(alias))
+        else {
+            tracing::debug!(cluster = alias, %master, "master not known to discovery yet");
+            return PassOutcome::Converged;
+        };
         let recovering = state.recoveries.iter().any(|r| r.is_open() && r.cluster == alias);
+        // The read group stays as it is from a recovery's intent until every instance
+        // has been probed after its outcome, so it does not follow the replicas through
+        // the moments they have no master.
+        let read_frozen = recovering
+            || snapshot.instances.iter().any(|i| i.state.last_checked_unix_ms < record.master_since_unix_ms);
 
         let mut ids = BTreeMap::new();
         let mut keys: Vec<&InstanceKey> = snapshot.instances.iter().map(|i| &i.state.key).collect();
@@ -200,24 +256,29 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
             desired_read: desired.read.clone(),
             ..Default::default()
         };
-        let groups_match = if fresh {
+        let matched = if fresh {
             if let Ok(s) = self.status.lock() {
                 if let Some(prev) = s.get(alias) {
                     status = prev.clone();
                 }
             }
-            true
+            Matched { write: true, read: true }
         } else {
-            match self.converge_groups(aws, &desired, &mut status).await {
+            match self.converge_groups(aws, &desired, read_frozen, &mut status).await {
                 Ok(matched) => matched,
                 Err(e) => {
                     tracing::warn!(cluster = alias, error = %e, "target groups not converged; retrying");
                     errors.push(e.to_string());
-                    false
+                    Matched { write: false, read: false }
                 }
             }
         };
-        self.note_convergence(alias, record.master_since_unix_ms, &desired, groups_match, !recovering);
+        let groups_match = matched.write && matched.read;
+        self.note_convergence(alias, record.master_since_unix_ms, &desired, matched, !recovering);
+        status.converged = groups_match && errors.is_empty();
+        status.last_error = errors.first().cloned();
+        // Shown now: the DynamoDB calls below may take a while when AWS is down.
+        self.publish(alias, &status);
 
         if !recovering {
             let fence = Fence {
@@ -234,20 +295,24 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
         if groups_match {
             status.converged_unix_ms = Some(now_ms);
         }
-        if let Ok(mut s) = self.status.lock() {
-            s.insert(alias.to_string(), status.clone());
+        self.publish(alias, &status);
+        match (status.converged, errors.is_empty()) {
+            (true, _) => PassOutcome::Converged,
+            (false, true) => PassOutcome::Pending,
+            (false, false) => PassOutcome::Failed,
         }
-        status.converged
     }
 
-    /// Describes both groups and makes the calls that take them to `desired`, stopping
-    /// at the first failure so the order holds. Ok(true) when nothing was left to do.
+    /// Describes both groups and makes the calls that take them to `desired` (the
+    /// write group only when `read_frozen`), stopping at the first failure so the order
+    /// holds. Says which group already matched.
     async fn converge_groups(
         &self,
         aws: &ClusterAwsConfig,
         desired: &Desired,
+        read_frozen: bool,
         status: &mut ClusterAwsStatus,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<Matched, AwsError> {
         let write =
             self.clients.targets(&aws.write_target_group_arn).await.inspect_err(|e| self.failed(e))?;
         let read = self.clients.targets(&aws.read_target_group_arn).await.inspect_err(|e| self.failed(e))?;
@@ -255,12 +320,16 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
         status.write_targets = names(&write);
         status.read_targets = names(&read);
         let actions = targets::reconcile(desired, &write, &read);
-        if actions.is_empty() {
-            return Ok(true);
-        }
-        for action in &actions {
+        let group_of = |a: &Action| match a {
+            Action::Register { group, .. } | Action::Deregister { group, .. } => *group,
+        };
+        let matched = Matched {
+            write: !actions.iter().any(|a| group_of(a) == Group::Write),
+            read: !actions.iter().any(|a| group_of(a) == Group::Read),
+        };
+        for action in actions.iter().filter(|a| !read_frozen || group_of(a) == Group::Write) {
             if !self.node.is_leader() {
-                return Ok(false);
+                break;
             }
             let (group, id, register) = match action {
                 Action::Register { group, id } => (*group, id, true),
@@ -278,7 +347,7 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
             result.inspect_err(|e| self.failed(e))?;
             tracing::info!(?group, target = %id, register, "target group changed");
         }
-        Ok(false)
+        Ok(matched)
     }
 
     /// Lag and convergence metrics.
@@ -287,27 +356,37 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
         alias: &str,
         master_since_ms: i64,
         desired: &Desired,
-        matched: bool,
+        matched: Matched,
         settled: bool,
     ) {
         let Ok(mut progress) = self.progress.lock() else { return };
         let p = progress.entry(alias.to_string()).or_default();
-        if matched {
+        tracing::debug!(
+            cluster = alias,
+            write_matched = matched.write,
+            read_matched = matched.read,
+            settled,
+            write = ?desired.write,
+            master_since_ms,
+            measured = ?p.measured_master_since,
+            "target groups checked"
+        );
+        if matched.write
+            && settled
+            && desired.write.is_some()
+            && p.measured_master_since != Some(master_since_ms)
+        {
+            if p.measured_master_since.is_some() {
+                let took = (unix_millis_now() - master_since_ms).max(0) as u64;
+                self.metrics.aws_write_group_converged(Duration::from_millis(took));
+                tracing::info!(cluster = alias, took_ms = took, "write target group holds the new master");
+            }
+            p.measured_master_since = Some(master_since_ms);
+        }
+        if matched.write && matched.read {
             p.unconverged_since = None;
             if p.converged.as_ref().is_none_or(|(d, _)| d != desired) {
                 p.converged = Some((desired.clone(), Instant::now()));
-            }
-            if settled && desired.write.is_some() && p.measured_master_since != Some(master_since_ms) {
-                if p.measured_master_since.is_some() {
-                    let took = (unix_millis_now() - master_since_ms).max(0) as u64;
-                    self.metrics.aws_write_group_converged(Duration::from_millis(took));
-                    tracing::info!(
-                        cluster = alias,
-                        took_ms = took,
-                        "write target group holds the new master"
-                    );
-                }
-                p.measured_master_since = Some(master_since_ms);
             }
         } else {
             p.converged = None;
@@ -369,6 +448,12 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
             self.remember(alias, |p| p.topology = Some((json, fence, Instant::now())));
         }
         Ok(())
+    }
+
+    fn publish(&self, alias: &str, status: &ClusterAwsStatus) {
+        if let Ok(mut s) = self.status.lock() {
+            s.insert(alias.to_string(), status.clone());
+        }
     }
 
     fn remember(&self, alias: &str, f: impl FnOnce(&mut ClusterProgress)) {

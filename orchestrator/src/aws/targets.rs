@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::topology::{ClusterSnapshot, InstanceKey};
+use crate::topology::{ClusterSnapshot, InstanceKey, ThreadState};
 
 /// Which target group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,9 +42,11 @@ pub struct Desired {
 
 /// The groups' desired membership. `id_of` maps an instance to its EC2 instance id
 /// (instances without one are left out). Read: reachable replicas of the master that
-/// replicate, are not downtimed and lag at most `max_lag_s`; if none qualifies but some
-/// replica replicates, the least lagging one stays, so the read group never empties
-/// while a healthy replica exists.
+/// replicate (both threads running), are not downtimed and lag at most `max_lag_s`. If
+/// none qualifies, one replica still serves reads so the group never empties while a
+/// replica can answer: the best reachable one whose SQL thread runs (not downtimed
+/// first, then replicating, then least lagging) — stale reads rather than none, e.g.
+/// while the master is dead and every IO thread is reconnecting.
 pub fn desired(
     snapshot: &ClusterSnapshot,
     master: &InstanceKey,
@@ -53,23 +55,27 @@ pub fn desired(
     id_of: impl Fn(&InstanceKey) -> Option<String>,
 ) -> Desired {
     let write = id_of(master);
-    let replicating: Vec<(&InstanceKey, u64)> = snapshot
+    // (key, downtimed, replicating, lag) of every reachable replica applying events.
+    let applying: Vec<(&InstanceKey, bool, bool, u64)> = snapshot
         .instances
         .iter()
         .filter(|i| &i.state.key != master && i.state.reachable)
         .filter_map(|i| {
             let r = i.state.last_probe.as_ref()?.replication.as_ref()?;
-            (r.source == *master && r.is_replicating())
-                .then(|| (&i.state.key, r.seconds_behind.unwrap_or(u64::MAX)))
+            (r.source == *master && r.sql_thread == ThreadState::Running).then(|| {
+                let key = &i.state.key;
+                (key, downtimed.contains(key), r.is_replicating(), r.seconds_behind.unwrap_or(u64::MAX))
+            })
         })
         .collect();
-    let mut read: BTreeSet<String> = replicating
+    let mut read: BTreeSet<String> = applying
         .iter()
-        .filter(|(k, lag)| !downtimed.contains(*k) && *lag <= max_lag_s)
-        .filter_map(|(k, _)| id_of(k))
+        .filter(|(_, down, replicating, lag)| !down && *replicating && *lag <= max_lag_s)
+        .filter_map(|(k, ..)| id_of(k))
         .collect();
     if read.is_empty() {
-        if let Some((k, _)) = replicating.iter().min_by_key(|(k, lag)| (*lag, (*k).clone())) {
+        let best = applying.iter().min_by_key(|(k, down, replicating, lag)| (*down, !replicating, *lag, *k));
+        if let Some((k, ..)) = best {
             read.extend(id_of(k));
         }
     }
@@ -168,11 +174,22 @@ mod tests {
             state("b:1", Some("m:1"), Some(40), true, Running),
         ]);
         assert_eq!(desired(&snap, &m, &BTreeSet::new(), 10, id_of).read, ids(&["i-b"]));
-        // None replicates: empty.
+        // The master is dead, every IO thread reconnects: one replica keeps serving
+        // (stale) reads, a downtimed one only if nothing else can.
         let snap = snapshot(vec![
-            state("m:1", None, None, true, Running),
-            state("a:1", Some("m:1"), None, true, Stopped),
+            state("m:1", None, None, false, Running),
+            state("a:1", Some("m:1"), None, true, Connecting),
+            state("b:1", Some("m:1"), None, true, Connecting),
         ]);
+        assert_eq!(desired(&snap, &m, &BTreeSet::from([key("a:1")]), 10, id_of).read, ids(&["i-b"]));
+        let only_a = BTreeSet::from([key("a:1"), key("b:1")]);
+        assert_eq!(desired(&snap, &m, &only_a, 10, id_of).read.len(), 1);
+        // No SQL thread runs anywhere: empty.
+        let mut stopped = state("a:1", Some("m:1"), None, true, Running);
+        if let Some(r) = stopped.last_probe.as_mut().and_then(|p| p.replication.as_mut()) {
+            r.sql_thread = Stopped;
+        }
+        let snap = snapshot(vec![state("m:1", None, None, true, Running), stopped]);
         assert!(desired(&snap, &m, &BTreeSet::new(), 10, id_of).read.is_empty());
     }
 
@@ -209,5 +226,39 @@ mod tests {
             reconcile(&none, &[t("i-a", "healthy")], &[t("i-b", "healthy")]),
             vec![Action::Deregister { group: Group::Write, id: "i-a".into() }]
         );
+    }
+
+    proptest::proptest! {
+        /// Applying the planned calls one by one reaches the desired groups, and the
+        /// write group never holds two targets on the way (from at most one).
+        #[test]
+        fn reconcile_reaches_desired_without_two_writers(
+            write_now in proptest::option::of(0u8..5),
+            read_now in proptest::collection::btree_set(0u8..5, 0..5),
+            draining in proptest::collection::btree_set(0u8..5, 0..3),
+            write_want in proptest::option::of(0u8..5),
+            read_want in proptest::collection::btree_set(0u8..5, 0..5),
+        ) {
+            let name = |i: &u8| format!("i-{i}");
+            let state = |i: &u8| if draining.contains(i) { "draining" } else { "healthy" };
+            let write: Vec<Target> = write_now.iter().map(|i| t(&name(i), state(i))).collect();
+            let read: Vec<Target> = read_now.iter().map(|i| t(&name(i), state(i))).collect();
+            let want = Desired { write: write_want.as_ref().map(name), read: read_want.iter().map(name).collect() };
+            let live = |v: &[Target]| -> BTreeSet<String> {
+                v.iter().filter(|t| t.state != "draining").map(|t| t.id.clone()).collect()
+            };
+            let (mut w, mut r) = (live(&write), live(&read));
+            for action in reconcile(&want, &write, &read) {
+                match action {
+                    Action::Register { group: Group::Write, id } => { w.insert(id); }
+                    Action::Deregister { group: Group::Write, id } => { w.remove(&id); }
+                    Action::Register { group: Group::Read, id } => { r.insert(id); }
+                    Action::Deregister { group: Group::Read, id } => { r.remove(&id); }
+                }
+                proptest::prop_assert!(w.len() <= 1, "two writers: {w:?}");
+            }
+            proptest::prop_assert_eq!(w, want.write.iter().cloned().collect::<BTreeSet<_>>());
+            proptest::prop_assert_eq!(r, want.read);
+        }
     }
 }
