@@ -5,9 +5,13 @@
 //! never waits on AWS. On every change (Raft applied a command, the topology moved) and
 //! at least every `reconcile_interval_ms` it compares the desired membership
 //! ([`super::targets::desired`]) with `DescribeTargetHealth` and makes the ordered calls
-//! ([`super::targets::reconcile`]); while AWS fails or differs it tries again with
-//! backoff doubling from 100 ms to `max_backoff_ms`. While a recovery is open the write
-//! group is emptied, so the old master leaves it before the new one joins.
+//! ([`super::targets::reconcile`]). After making calls it looks again 100 ms later;
+//! while AWS fails it retries with backoff doubling from 100 ms to `max_backoff_ms`.
+//! While a recovery is open the write group is emptied, so the old master leaves it
+//! before the new one joins, and the read group is left alone until every instance has
+//! been probed after the outcome. When an instance id cannot be resolved (EC2 failing,
+//! or the master has no instance) nothing is changed: an unknown id never empties the
+//! write group.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -236,6 +240,17 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
                 Ok(None) => {}
                 Err(e) => errors.push(e.to_string()),
             }
+        }
+        if errors.is_empty() && !ids.contains_key(&master) {
+            errors.push(format!("master {master} has no EC2 instance (set [aws.instance_ids])"));
+        }
+        if !errors.is_empty() {
+            // Without every id the desired groups are unknown: change nothing (an
+            // unknown master id must never empty the write group).
+            tracing::warn!(cluster = alias, error = %errors[0], "cannot resolve instance ids; retrying");
+            let status = ClusterAwsStatus { last_error: errors.first().cloned(), ..Default::default() };
+            self.publish(alias, &status);
+            return PassOutcome::Failed;
         }
         let now_ms = unix_millis_now();
         let downtimed = state.downtimed_at(now_ms);
