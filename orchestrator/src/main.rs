@@ -134,19 +134,18 @@ async fn run() -> anyhow::Result<()> {
         }
         None => tracing::warn!("no local instance known (set recovery.local_instance): self-fencing is off"),
     }
-    let aws = match config.clusters.iter().any(|c| c.aws.is_some()) {
-        true => {
-            let clients = AwsClients::load(&config.aws).await;
-            let controller =
-                AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config)
-                    .map(Arc::new);
-            if let Some(c) = &controller {
-                tracing::info!(endpoint = ?config.aws.endpoint_url, "managing NLB target groups and DynamoDB");
-                tokio::spawn(c.clone().run(stop_rx.clone()));
-            }
-            controller
+    // The NLB target groups and DynamoDB, when a cluster names them.
+    let aws = if config.clusters.iter().any(|c| c.aws.is_some()) {
+        let clients = AwsClients::load(&config.aws).await;
+        let controller =
+            AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config).map(Arc::new);
+        if let Some(c) = &controller {
+            tracing::info!(endpoint = ?config.aws.endpoint_url, "managing NLB target groups and DynamoDB");
+            tokio::spawn(c.clone().run(stop_rx.clone()));
         }
-        false => None,
+        controller
+    } else {
+        None
     };
     let state = AppState {
         node_id: config.node_id,

@@ -4,7 +4,8 @@
 //!
 //! - `GET /health/primary`: 200 only when this host's mysqld is the master Raft
 //!   recorded, it is writable, and this peer is in contact with a quorum (a master cut
-//!   off on the minority side fails its own check).
+//!   off on the minority side fails its own check). A master whose last probe still
+//!   says read-only (it was promoted since) is probed again before answering.
 //! - `GET /health/replica?max_lag=N`: 200 only when this host's mysqld replicates with
 //!   both threads running and lags at most N seconds (default 10).
 
