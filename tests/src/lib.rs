@@ -195,6 +195,7 @@ pub const NLB_TIME_SCALE: u32 = 25;
 impl AwsBed {
     /// `n` database hosts with peers, plus moto and the NLB stand-in on host `n + 1`.
     pub async fn start(n: u8, alias: &str, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<AwsBed> {
+        let started = Instant::now();
         let hosts = HostBlock::reserve(n + 1)?;
         let dir = test_dir("orch-aws-")?;
         let aws_host = hosts.host(n + 1);
@@ -204,12 +205,14 @@ impl AwsBed {
         let db_hosts: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
         let cluster_id = format!("orch-{}", aws_host.replace('.', "-"));
         let resources = aws::provision(&clients, &cluster_id, &db_hosts).await?;
+        eprintln!("aws bed: moto up and AWS side created after {:?}", started.elapsed());
         let peer_aws = peer::PeerAws::new(&moto.endpoint, &resources);
         let bed = TestBed::start_on(hosts, dir, n, alias, |spec| {
             spec.aws = Some(peer_aws);
             tune(spec);
         })
         .await?;
+        eprintln!("aws bed: databases and peers up after {:?}", started.elapsed());
         let nlb = nlb::NlbStandIn::start(clients.clone(), &resources, &aws_host, NLB_TIME_SCALE).await?;
         Ok(AwsBed { nlb, bed, moto, clients, resources })
     }

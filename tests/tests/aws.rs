@@ -26,7 +26,9 @@ async fn start() -> AwsBed {
     })
     .await
     .expect("AWS test bed");
+    let started = Instant::now();
     bed.bed.wait_registered(ALIAS).await.unwrap();
+    eprintln!("cluster registered in Raft after {:?}", started.elapsed());
     bed
 }
 
