@@ -20,6 +20,10 @@ pub fn workspace_root() -> PathBuf {
 
 /// Path of one of our binaries, built once per test process (`cargo build` is a no-op
 /// when up to date). Set `ORCH_SKIP_BUILD=1` to use what is there.
+///
+/// It builds what `deploy/test` builds (`--workspace --all-targets`): any other
+/// selection unifies dependency features differently, and cargo would rebuild much
+/// of the dependency tree (minutes, cold) and swap the binaries under the suite.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -32,7 +36,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "--bin", "orchestrator", "--bin", "orchctl"])
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if out.status.success() {
