@@ -320,7 +320,7 @@ pub async fn provision(
 /// The instance ids in a target group that are not draining.
 pub async fn members(clients: &AwsClients, group_arn: &str) -> anyhow::Result<BTreeSet<String>> {
     let targets = clients.targets(group_arn).await?;
-    Ok(targets.into_iter().filter(|t| t.state != "draining").map(|t| t.id).collect())
+    Ok(targets.into_iter().filter(|t| t.is_member()).map(|t| t.id).collect())
 }
 
 /// The target groups' members as database hosts: (write, read).

@@ -168,7 +168,7 @@ async fn poll_membership(clients: AwsClients, groups: Groups) {
             // moto down: keep forwarding with what was last read.
             let Ok(targets) = clients.targets(&arn).await else { continue };
             let registered: Vec<String> =
-                targets.into_iter().filter(|t| t.state != "draining").map(|t| t.id).collect();
+                targets.into_iter().filter(|t| t.is_member()).map(|t| t.id).collect();
             for id in &registered {
                 if addresses.contains_key(id) {
                     continue;

@@ -42,7 +42,8 @@ pub struct ClusterAwsStatus {
     pub converged_unix_ms: Option<i64>,
     pub last_error: Option<String>,
     pub master_lock_epoch: Option<u64>,
-    pub master_lock_rejected: Option<String>,
+    /// The last mirror write DynamoDB refused (a newer decision holds the item).
+    pub mirror_rejected: Option<String>,
 }
 
 /// How a pass ended, best first.
@@ -491,7 +492,7 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
                 let why =
                     format!("{item} holds a newer decision ({stored:?}); this peer's write was refused");
                 tracing::warn!(cluster = alias, "{why}");
-                status.master_lock_rejected = Some(why);
+                status.mirror_rejected = Some(why);
             }
             Err(e) => {
                 self.metrics.aws_mirror_write(item, "error");

@@ -26,6 +26,14 @@ pub struct Target {
     pub state: String,
 }
 
+impl Target {
+    /// Whether it still belongs to the group: AWS keeps a deregistered target listed
+    /// as `draining` until its connections drain, but it gets no new ones.
+    pub fn is_member(&self) -> bool {
+        self.state != "draining"
+    }
+}
+
 /// One call to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -87,7 +95,7 @@ pub fn desired(
 /// group. Targets AWS is already draining count as gone.
 pub fn reconcile(desired: &Desired, write: &[Target], read: &[Target]) -> Vec<Action> {
     let present = |targets: &[Target]| -> BTreeSet<String> {
-        targets.iter().filter(|t| t.state != "draining").map(|t| t.id.clone()).collect()
+        targets.iter().filter(|t| t.is_member()).map(|t| t.id.clone()).collect()
     };
     let (write_now, read_now) = (present(write), present(read));
     let mut actions = Vec::new();
@@ -245,7 +253,7 @@ mod tests {
             let read: Vec<Target> = read_now.iter().map(|i| t(&name(i), state(i))).collect();
             let want = Desired { write: write_want.as_ref().map(name), read: read_want.iter().map(name).collect() };
             let live = |v: &[Target]| -> BTreeSet<String> {
-                v.iter().filter(|t| t.state != "draining").map(|t| t.id.clone()).collect()
+                v.iter().filter(|t| t.is_member()).map(|t| t.id.clone()).collect()
             };
             let (mut w, mut r) = (live(&write), live(&read));
             for action in reconcile(&want, &write, &read) {
