@@ -19,6 +19,16 @@
 //! [[clusters]]
 //! alias = "main"
 //! seeds = ["127.0.1.1:3306"]
+//!
+//! [[auth.tokens]]
+//! name = "alice"
+//! scope = "admin"
+//! sha256 = "…"                 # `orchestrator token new` prints it
+//!
+//! [tls.raft]
+//! ca_file = "/etc/orchestrator/tls/ca.crt"
+//! cert_file = "/etc/orchestrator/tls/node.crt"
+//! key_file = "/etc/orchestrator/tls/node.key"
 //! ```
 //!
 //! Environment overrides (applied after the file): `ORCH_NODE_ID`, `ORCH_HTTP_LISTEN`,
@@ -74,6 +84,80 @@ pub struct Config {
     /// The AWS side (NLB target groups, DynamoDB); off unless a cluster has `[clusters.aws]`.
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Who may call the API (bearer tokens).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// TLS on port 3000 (optional) and mutual TLS on the Raft port.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// API authentication (DESIGN.md section 10). Without tokens the peer does not start,
+/// unless `disabled` says so explicitly.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every caller is an anonymous admin. Only for a throwaway lab.
+    pub disabled: bool,
+    /// `/metrics` answers without a token (Prometheus scrapers hold none).
+    pub open_metrics: bool,
+    pub tokens: Vec<TokenConfig>,
+    /// A Secrets Manager secret (name or ARN) with more tokens, read at start: JSON
+    /// `[{"name": "...", "scope": "read|operate|admin", "sha256": "..."}]` (or `token`).
+    pub tokens_secret: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { disabled: false, open_metrics: true, tokens: Vec::new(), tokens_secret: None }
+    }
+}
+
+/// One API token: its name (the identity in the audit), scope, and either its hash
+/// or a file holding it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: crate::auth::Scope,
+    /// Hex SHA-256 of the token.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A file (mode 0600) holding the token itself.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// Transport security.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve port 3000 (HTTP, web UI and gRPC) over TLS.
+    pub api: Option<ApiTlsConfig>,
+    /// Mutual TLS on the Raft port: required unless `raft_insecure`.
+    pub raft: Option<RaftTlsConfig>,
+    /// Raft without TLS: anyone reaching port 10008 could send Raft RPCs. Only for a
+    /// throwaway lab.
+    pub raft_insecure: bool,
+}
+
+/// Server TLS for port 3000 (PEM files).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Mutual TLS between peers (PEM files; `provisioner certs` makes them).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTlsConfig {
+    /// The cluster's CA: the only issuer whose peers are accepted.
+    pub ca_file: PathBuf,
+    /// This peer's certificate (its address in the subject alternative names).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// How the peer reaches AWS. Credentials come from the standard chain (environment,
@@ -582,6 +666,41 @@ impl Config {
                 return Err(invalid("aws.instance_ids", format!("`{key}` is not host:port")));
             }
         }
+        let auth = &self.auth;
+        if !auth.disabled && auth.tokens.is_empty() && auth.tokens_secret.is_none() {
+            return Err(invalid(
+                "auth.tokens",
+                "no API token configured: add [[auth.tokens]] (`orchestrator token new` makes one) \
+                 or auth.tokens_secret, or set auth.disabled = true for a throwaway lab"
+                    .into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for t in &auth.tokens {
+            if !crate::auth::tokens::valid_token_name(&t.name) {
+                return Err(invalid(
+                    "auth.tokens.name",
+                    format!("`{}`: 1-64 letters, digits, `.`, `_`, `-` or `@`", t.name),
+                ));
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(invalid("auth.tokens.name", format!("`{}` appears twice", t.name)));
+            }
+            if t.sha256.is_some() == t.file.is_some() {
+                return Err(invalid(
+                    "auth.tokens",
+                    format!("token `{}`: give exactly one of sha256, file", t.name),
+                ));
+            }
+        }
+        if self.tls.raft.is_none() && !self.tls.raft_insecure {
+            return Err(invalid(
+                "tls.raft",
+                "Raft on port 10008 needs mutual TLS: set [tls.raft] ca_file, cert_file and key_file \
+                 (`provisioner certs` makes them), or tls.raft_insecure = true for a throwaway lab"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -660,6 +779,14 @@ read_timeout_ms = 300
 [[clusters]]
 alias = "main"
 seeds = ["127.0.1.1:3306"]
+
+[[auth.tokens]]
+name = "ops"
+scope = "admin"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[tls]
+raft_insecure = true
 "#;
 
     fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
@@ -718,6 +845,27 @@ seeds = ["127.0.1.1:3306"]
             let e = error_of(&text);
             assert!(e.contains(needle), "expected `{needle}` in: {e}");
         }
+    }
+
+    #[test]
+    fn auth_and_tls_are_required_unless_explicitly_off() {
+        let no_tokens = GOOD.replace("[[auth.tokens]]", "[[auth.not_tokens]]");
+        assert!(error_of(&no_tokens).contains("unknown field"), "a typo is refused");
+        let cut = |text: &str, from: &str, to: &str| {
+            let (a, b) = (text.find(from).unwrap(), text.find(to).unwrap());
+            format!("{}{}", &text[..a], &text[b..])
+        };
+        let without_tokens = cut(GOOD, "[[auth.tokens]]", "[tls]");
+        assert!(error_of(&without_tokens).contains("no API token configured"));
+        assert!(parse_and_validate(&format!("{without_tokens}\n[auth]\ndisabled = true\n")).is_ok());
+        let without_tls = GOOD.replace("raft_insecure = true", "");
+        assert!(error_of(&without_tls).contains("tls.raft"));
+        let both = GOOD.replace("sha256 = \"0000", "file = \"/t\"\nsha256 = \"0000");
+        assert!(error_of(&both).contains("exactly one of sha256, file"));
+        let bad_scope = GOOD.replace("scope = \"admin\"", "scope = \"root\"");
+        assert!(error_of(&bad_scope).contains("root"));
+        let c = parse_and_validate(GOOD).unwrap();
+        assert!(c.auth.open_metrics, "metrics are open by default");
     }
 
     #[test]

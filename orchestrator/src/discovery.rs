@@ -4,6 +4,11 @@
 //!
 //! Probes run concurrently and each is bounded in time, so one hung or unreachable
 //! server shows up with its error and never delays the others.
+//!
+//! The Raft group's decisions reach the store as a [`Registry`] ([`TopologyStore::set_registry`],
+//! kept current by [`follow_registry`]): each cluster's alias follows the master the
+//! group recorded, seeds operators added are probed by every peer, and instances they
+//! forgot are dropped and not followed again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -14,7 +19,8 @@ use futures::future::join_all;
 use crate::metrics::Metrics;
 use crate::mysql::{ProbeError, Prober};
 use crate::topology::{
-    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState, Role,
+    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState, Registry,
+    Role,
 };
 use crate::unix_millis_now;
 
@@ -69,6 +75,7 @@ pub struct TopologyStore {
 struct StoreInner {
     instances: BTreeMap<InstanceKey, InstanceState>,
     aliases: Vec<(String, Vec<InstanceKey>)>,
+    registry: Registry,
     clusters: Vec<ClusterSnapshot>,
 }
 
@@ -81,7 +88,12 @@ impl TopologyStore {
             .map(|k| (k.clone(), InstanceState::new(k.clone())))
             .collect();
         Self {
-            inner: RwLock::new(StoreInner { instances, aliases, clusters: Vec::new() }),
+            inner: RwLock::new(StoreInner {
+                instances,
+                aliases,
+                registry: Registry::default(),
+                clusters: Vec::new(),
+            }),
             version: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -108,11 +120,14 @@ impl TopologyStore {
         now_unix_ms: i64,
     ) -> Vec<InstanceKey> {
         let mut inner = self.write();
+        if inner.registry.forgotten.contains(key) {
+            return Vec::new();
+        }
         let state = inner.instances.entry(key.clone()).or_insert_with(|| InstanceState::new(key.clone()));
         let named = apply_probe(state, outcome, latency, now_unix_ms);
         let mut new = Vec::new();
         for k in named {
-            if !inner.instances.contains_key(&k) {
+            if !inner.instances.contains_key(&k) && !inner.registry.forgotten.contains(&k) {
                 inner.instances.insert(k.clone(), InstanceState::new(k.clone()));
                 new.push(k);
             }
@@ -123,9 +138,31 @@ impl TopologyStore {
     /// Regroups instances into clusters.
     pub fn rebuild(&self, now_unix_ms: i64) {
         let mut inner = self.write();
-        inner.clusters = build_clusters(&inner.instances, &inner.aliases, now_unix_ms);
+        inner.clusters = build_clusters(&inner.instances, &inner.aliases, &inner.registry, now_unix_ms);
         drop(inner);
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Takes the Raft group's decisions (see [`Registry`]) and regroups at once when
+    /// they changed: forgotten instances are dropped, added seeds become known.
+    pub fn set_registry(&self, registry: Registry) {
+        let mut inner = self.write();
+        if inner.registry == registry {
+            return;
+        }
+        for key in &registry.forgotten {
+            if inner.instances.remove(key).is_some() {
+                tracing::info!(instance = %key, "instance forgotten: no longer tracked");
+            }
+        }
+        for key in &registry.seeds {
+            if !inner.instances.contains_key(key) {
+                inner.instances.insert(key.clone(), InstanceState::new(key.clone()));
+            }
+        }
+        inner.registry = registry;
+        drop(inner);
+        self.rebuild(unix_millis_now());
     }
 
     /// Changes whenever the clusters are regrouped.
@@ -133,18 +170,9 @@ impl TopologyStore {
         self.version.subscribe()
     }
 
-    /// Makes `master` the first seed of `alias`, so the cluster it leads keeps the alias
-    /// after a failover (the old seeds may be dead or fenced on their own).
-    pub fn pin_alias(&self, alias: &str, master: &InstanceKey) {
-        let mut inner = self.write();
-        if let Some((_, seeds)) = inner.aliases.iter_mut().find(|(a, _)| a == alias) {
-            if seeds.first() != Some(master) {
-                seeds.retain(|s| s != master);
-                seeds.insert(0, master.clone());
-            }
-        } else {
-            inner.aliases.push((alias.to_string(), vec![master.clone()]));
-        }
+    /// Whether operators forgot `key` (it is not tracked).
+    pub fn is_forgotten(&self, key: &InstanceKey) -> bool {
+        self.read().registry.forgotten.contains(key)
     }
 
     pub fn clusters(&self) -> Vec<ClusterSnapshot> {
@@ -219,14 +247,19 @@ impl DiscoveryHandle {
         })
     }
 
+    /// Probes `key` now without recording it: whether it answers, and what it is.
+    pub async fn probe_once(&self, key: &InstanceKey) -> Result<InstanceProbe, ProbeError> {
+        self.probe_timed(key).await.0
+    }
+
     /// Probes `key` now; on success it joins the known instances and its cluster is
-    /// followed from then on.
+    /// followed from then on (on this peer: [`crate::ops`] records a seed in Raft so
+    /// every peer follows it).
     pub async fn discover(&self, key: InstanceKey) -> Result<ClusterInstance, ProbeError> {
         let (outcome, latency) = self.probe_timed(&key).await;
         let probe = outcome?;
         self.store.record(&key, Ok(probe), latency, unix_millis_now());
         self.store.rebuild(unix_millis_now());
-        tracing::info!(instance = %key, "seed added through the API");
         self.store.instance(&key).ok_or_else(|| ProbeError::Unexpected("instance vanished".into()))
     }
 
@@ -297,6 +330,29 @@ impl Discovery {
                 _ = &mut shutdown => break,
                 _ = ticks.tick() => self.probe_round().await,
             }
+        }
+    }
+}
+
+/// Keeps `store` following the Raft group's decisions: on every change of `changes`
+/// whose `version` (the applied log index) moved, hands `registry()` to the store.
+pub async fn follow_registry<T: Send + Sync + 'static>(
+    store: Arc<TopologyStore>,
+    mut changes: tokio::sync::watch::Receiver<T>,
+    version: impl Fn(&T) -> Option<u64>,
+    registry: impl Fn() -> Registry,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = None;
+    loop {
+        let now = version(&changes.borrow_and_update());
+        if seen != Some(now) {
+            seen = Some(now);
+            store.set_registry(registry());
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = changes.changed() => if changed.is_err() { break },
         }
     }
 }

@@ -1,21 +1,25 @@
 //! The orchestrator peer, one per database host.
 //!
-//! Today it discovers a MySQL/MariaDB replication topology from a seed, probes every
-//! instance on a fixed interval and serves what it sees over HTTP and gRPC. Raft,
-//! failure analysis, recovery and the AWS side build on these modules (see
-//! `ARCHITECTURE.md` at the repository root).
+//! It discovers a MySQL/MariaDB replication topology, probes every instance, agrees
+//! with the other peers through Raft on the decisions (registered clusters, recoveries,
+//! downtimes, the audit), fails over a dead master, moves the NLB target groups, and
+//! serves an authenticated HTTP/gRPC operator API (see `ARCHITECTURE.md` at the
+//! repository root).
 //!
-//! Layout follows "functional core, imperative shell": [`topology`] is pure data and
-//! pure functions over it; [`mysql`] is the only module that speaks SQL; [`discovery`]
-//! is the loop joining the two; [`api`] serves the result.
+//! Layout follows "functional core, imperative shell": [`topology`], [`analysis`],
+//! [`state`] and the planners are pure; [`mysql`] is the only module that speaks SQL;
+//! [`discovery`] is the probing loop; [`ops`] the typed operations every mutation goes
+//! through; [`auth`] tokens, TLS and the authentication layer; [`api`] serves it all.
 
 pub mod analysis;
 pub mod api;
+pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
 pub mod mysql;
+pub mod ops;
 pub mod raft;
 pub mod recovery;
 pub mod state;

@@ -1,25 +1,31 @@
-//! `orchestrator`: the peer daemon. Reads its config, starts discovery and serves the
-//! HTTP/gRPC API until SIGINT or SIGTERM.
+//! `orchestrator`: the peer daemon. Reads its config, starts Raft, discovery and
+//! recovery, and serves the HTTP/gRPC API until SIGINT or SIGTERM. `orchestrator token`
+//! makes and hashes API tokens.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use orchestrator::api::{self, AppState};
+use orchestrator::auth::layer::AuthSettings;
+use orchestrator::auth::tokens::{self, TokenRegistry, TokenSpec};
+use orchestrator::auth::{tls, Scope};
 use orchestrator::aws::controller::AwsController;
 use orchestrator::aws::AwsClients;
 use orchestrator::config::Config;
-use orchestrator::discovery::{Discovery, TopologyStore};
+use orchestrator::discovery::{follow_registry, Discovery, TopologyStore};
 use orchestrator::metrics::Metrics;
 use orchestrator::mysql::admin::{AdminSettings, MysqlAdmin, WriteCheck};
 use orchestrator::mysql::{MysqlProber, ProbeSettings};
+use orchestrator::ops::Operations;
 use orchestrator::raft::RaftNode;
 use orchestrator::recovery::detector::RecoveryService;
 use orchestrator::recovery::fencing::guard_local_instance;
 
-/// MySQL high-availability peer: discovery, HTTP/gRPC API.
+/// MySQL high-availability peer: discovery, Raft, failover, HTTP/gRPC API.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -29,6 +35,34 @@ struct Args {
     /// Validate the config and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a new random token: written to FILE (mode 0600), with the
+    /// `[[auth.tokens]]` entry holding its hash printed for the config.
+    New {
+        /// The token's name: the identity the audit records.
+        #[arg(long)]
+        name: String,
+        /// read, operate or admin.
+        #[arg(long)]
+        scope: Scope,
+        /// Where to write the token (it is never printed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the SHA-256 the config stores for a token read from standard input.
+    Hash,
 }
 
 #[tokio::main]
@@ -39,8 +73,81 @@ async fn main() {
     }
 }
 
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn token_command(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::New { name, scope, out } => {
+            anyhow::ensure!(
+                tokens::valid_token_name(&name),
+                "token name `{name}`: 1-64 letters, digits, `.`, `_`, `-` or `@`"
+            );
+            let token = tokens::generate();
+            write_private(&out, &format!("{token}\n"))?;
+            println!("# token {name} ({scope}) written to {}", out.display());
+            println!(
+                "[[auth.tokens]]\nname = \"{name}\"\nscope = \"{scope}\"\nsha256 = \"{}\"",
+                tokens::hash_hex(&token)
+            );
+        }
+        TokenCmd::Hash => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the token from standard input")?;
+            let token = text.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            println!("{}", tokens::hash_hex(token));
+        }
+    }
+    Ok(())
+}
+
+/// The tokens of `[auth]`: hashes, token files, and the Secrets Manager secret.
+async fn load_tokens(config: &Config) -> anyhow::Result<TokenRegistry> {
+    let auth = &config.auth;
+    if auth.disabled {
+        tracing::warn!("API authentication is disabled (auth.disabled): every caller is an admin");
+        return Ok(TokenRegistry::disabled());
+    }
+    let mut specs = Vec::new();
+    for t in &auth.tokens {
+        specs.push(match (&t.sha256, &t.file) {
+            (Some(hash), _) => TokenSpec::hashed(&t.name, t.scope, hash)?,
+            (None, Some(file)) => TokenSpec::plain(&t.name, t.scope, &tokens::read_token_file(file)?)?,
+            (None, None) => anyhow::bail!("token `{}`: give sha256 or file", t.name),
+        });
+    }
+    if let Some(secret) = &auth.tokens_secret {
+        let clients = AwsClients::load(&config.aws).await;
+        let json = clients
+            .secret_string(secret)
+            .await
+            .with_context(|| format!("reading API tokens from secret {secret}"))?;
+        specs.extend(TokenSpec::from_secret(&tokens::parse_secret(&json)?)?);
+    }
+    let registry = TokenRegistry::new(specs)?;
+    tracing::info!(tokens = %registry.names().join(", "), "API tokens loaded");
+    Ok(registry)
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Token(cmd)) = args.command {
+        return token_command(cmd);
+    }
+    tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
@@ -50,9 +157,15 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::load(&args.config)?;
+    let raft_tls = config.tls.raft.as_ref().map(tls::raft_tls).transpose()?;
+    let api_tls = config.tls.api.as_ref().map(tls::api_server_config).transpose()?;
     if args.check {
         println!("{}: ok", args.config.display());
         return Ok(());
+    }
+    let tokens = Arc::new(load_tokens(&config).await?);
+    if raft_tls.is_none() {
+        tracing::warn!("Raft port without TLS (tls.raft_insecure): any host reaching it can send Raft RPCs");
     }
     let password = config.mysql_password()?;
 
@@ -104,8 +217,23 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let raft = RaftNode::start(&config, handle.clone(), metrics.clone(), stop_rx.clone()).await?;
-    tracing::info!(raft = %config.raft_listen, data_dir = %config.data_dir.display(), "Raft started");
+    let raft = RaftNode::start(&config, raft_tls, handle.clone(), metrics.clone(), stop_rx.clone()).await?;
+    tracing::info!(
+        raft = %config.raft_listen,
+        data_dir = %config.data_dir.display(),
+        mutual_tls = config.tls.raft.is_some(),
+        "Raft started"
+    );
+    tokio::spawn(follow_registry(
+        store.clone(),
+        raft.watch(),
+        |m| m.last_applied.map(|l| l.index),
+        {
+            let raft = raft.clone();
+            move || raft.with_state(|s| s.registry())
+        },
+        stop_rx.clone(),
+    ));
     let discovery_task = tokio::spawn({
         let mut stop = stop_rx.clone();
         async move {
@@ -147,6 +275,8 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
+    let ops = Arc::new(Operations::new(raft.clone(), handle.clone(), recovery, aws));
+    raft.set_forward_handler(ops.clone());
     let state = AppState {
         node_id: config.node_id,
         http_address: config.http_listen,
@@ -155,17 +285,16 @@ async fn run() -> anyhow::Result<()> {
         discovery: handle,
         metrics,
         raft: raft.clone(),
-        recovery,
+        ops,
         local_instance: config.local_instance(),
-        http_client: orchestrator::raft::network::peer_http_client(
-            config.source_ip(),
-            Duration::from_secs(10),
-        ),
-        aws,
     };
+    let auth = Arc::new(AuthSettings::new(tokens, config.auth.open_metrics, config.node_id));
+    if api_tls.is_some() {
+        tracing::info!(http = %config.http_listen, "API served over TLS");
+    }
     let server = tokio::spawn({
         let mut stop = stop_rx.clone();
-        api::serve(listener, state, async move {
+        api::serve(listener, api::router(state, auth), api_tls, async move {
             let _ = stop.changed().await;
         })
     });

@@ -1,15 +1,22 @@
 //! The replicated state machine: the decisions the peers agree on through Raft.
 //!
 //! Only decisions live here (DESIGN.md section 3): registered clusters, promotion
-//! rules, downtimes, recovery intents and outcomes with their acknowledgements, fencing
-//! epochs, the global recovery switch and membership notes. Probe results do not.
+//! rules, downtimes, recovery intents and outcomes (with their steps) and their
+//! acknowledgements, fencing epochs, the global recovery switch, the instances operators
+//! added or forgot, and the audit of every operator request. Probe results do not.
+//!
+//! Nothing outside this crate writes a [`Command`]: operators reach the state through
+//! the typed operations of [`crate::ops`], and recovery intents, candidates and outcomes
+//! are written only by the leader's recovery code. Refusals that depend on the state
+//! (ending a downtime that is not there, acknowledging a running recovery, forgetting a
+//! master) are decided here, atomically with the apply.
 //!
 //! [`ClusterState::apply`] is deterministic: the time a command carries was stamped by
 //! the leader when it proposed it ([`Proposal::at_unix_ms`]), never read from the
 //! applying peer's clock. Snapshots carry [`STATE_VERSION`]; every field has a default
 //! so a snapshot written by an older binary still loads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,9 +25,13 @@ use crate::topology::InstanceKey;
 /// Version of the snapshot layout written by this binary.
 pub const STATE_VERSION: u32 = 1;
 
-/// How many membership notes and finished recoveries are kept.
+/// How many membership notes, finished recoveries and audit entries are kept (the
+/// oldest are dropped first).
 const KEEP_NOTES: usize = 100;
 const KEEP_RECOVERIES: usize = 1000;
+pub const KEEP_AUDIT: usize = 1000;
+/// Steps kept per recovery (a recovery has a dozen or so).
+const KEEP_STEPS: usize = 100;
 
 /// Whether an instance may be promoted, and how eagerly (orchestrator's promotion rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,6 +75,9 @@ pub enum Command {
         reason: String,
         #[serde(default)]
         kind: RecoveryKind,
+        /// The operator (token name) who asked; `None` for an automatic recovery.
+        #[serde(default)]
+        requested_by: Option<String>,
     },
     /// The replica a recovery promotes, chosen once: a leader that takes over an
     /// unfinished recovery continues with it.
@@ -76,21 +90,106 @@ pub enum Command {
         success: bool,
         new_master: Option<InstanceKey>,
         summary: String,
+        /// What the recovery did, with timings.
+        #[serde(default)]
+        steps: Vec<RecoveryStep>,
+        /// When the new master passed its write check, since the recovery began.
+        #[serde(default)]
+        writable_after_ms: Option<u64>,
     },
+    /// Refused while the recovery runs or once it is acknowledged.
     AcknowledgeRecovery {
         id: u64,
         by: String,
         comment: String,
     },
+    /// Not written any more; applied as before so older logs replay.
     BumpFencingEpoch {
         cluster: String,
     },
     SetRecoveriesEnabled {
         enabled: bool,
     },
+    /// Not written any more; applied as before so older logs replay.
     MembershipNote {
         note: String,
     },
+    /// An instance every peer discovers from (an operator's discover).
+    AddSeed {
+        instance: InstanceKey,
+    },
+    /// Every peer stops tracking `instance` until it is discovered again. Refused for
+    /// the master of a registered cluster.
+    ForgetInstance {
+        instance: InstanceKey,
+    },
+    /// One operator request and its result.
+    RecordAudit {
+        entry: AuditEntry,
+    },
+}
+
+/// One step of a recovery: what was done, and when since the recovery began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RecoveryStep {
+    pub at_ms: u64,
+    pub text: String,
+}
+
+impl std::fmt::Display for RecoveryStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:>5} ms  {}", self.at_ms, self.text)
+    }
+}
+
+/// How an operator request ended, for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditResult {
+    /// Done (a recovery that ran, whatever its outcome, is `ok` with its summary).
+    #[default]
+    Ok,
+    /// Refused by a precondition.
+    Refused,
+    /// The token's scope does not allow it.
+    Denied,
+    /// Bad arguments.
+    Invalid,
+    /// Tried and failed, or the outcome is unknown.
+    Failed,
+}
+
+impl AuditResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditResult::Ok => "ok",
+            AuditResult::Refused => "refused",
+            AuditResult::Denied => "denied",
+            AuditResult::Invalid => "invalid",
+            AuditResult::Failed => "failed",
+        }
+    }
+}
+
+/// Who did what, from where, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AuditEntry {
+    /// Stamped by the leader when it records the entry.
+    pub at_unix_ms: i64,
+    /// The token's name.
+    pub who: String,
+    pub scope: String,
+    /// The client's address as the receiving peer saw it.
+    pub from: String,
+    /// The peer that received the request.
+    pub peer: u64,
+    pub operation: String,
+    pub arguments: BTreeMap<String, String>,
+    pub result: AuditResult,
+    /// The answer or the reason, in one line.
+    pub detail: String,
 }
 
 /// A command as it is written to the Raft log: stamped by the leader.
@@ -102,7 +201,29 @@ pub struct Proposal {
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}@{}", self.command, self.at_unix_ms)
+        write!(f, "{}@{}", self.command.name(), self.at_unix_ms)
+    }
+}
+
+impl Command {
+    /// The command's name as written in the log (`record_recovery_intent`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterCluster { .. } => "register_cluster",
+            Command::SetPromotionRule { .. } => "set_promotion_rule",
+            Command::BeginDowntime { .. } => "begin_downtime",
+            Command::EndDowntime { .. } => "end_downtime",
+            Command::RecordRecoveryIntent { .. } => "record_recovery_intent",
+            Command::SetRecoveryCandidate { .. } => "set_recovery_candidate",
+            Command::RecordRecoveryOutcome { .. } => "record_recovery_outcome",
+            Command::AcknowledgeRecovery { .. } => "acknowledge_recovery",
+            Command::BumpFencingEpoch { .. } => "bump_fencing_epoch",
+            Command::SetRecoveriesEnabled { .. } => "set_recoveries_enabled",
+            Command::MembershipNote { .. } => "membership_note",
+            Command::AddSeed { .. } => "add_seed",
+            Command::ForgetInstance { .. } => "forget_instance",
+            Command::RecordAudit { .. } => "record_audit",
+        }
     }
 }
 
@@ -123,6 +244,17 @@ pub enum CommandResult {
     Rejected {
         reason: String,
     },
+}
+
+impl std::fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandResult::Done => f.write_str("done"),
+            CommandResult::RecoveryOpened { id, epoch } => write!(f, "recovery {id} opened (epoch {epoch})"),
+            CommandResult::Epoch { epoch } => write!(f, "epoch {epoch}"),
+            CommandResult::Rejected { reason } => write!(f, "refused: {reason}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -174,6 +306,10 @@ pub struct RecoveryRecord {
     pub summary: String,
     pub acknowledged_by: Option<String>,
     pub acknowledge_comment: String,
+    /// The operator who asked for it (`None`: automatic).
+    pub requested_by: Option<String>,
+    pub steps: Vec<RecoveryStep>,
+    pub writable_after_ms: Option<u64>,
 }
 
 impl RecoveryRecord {
@@ -205,6 +341,12 @@ pub struct ClusterState {
     pub notes: Vec<Note>,
     /// Commands applied since the group began (a cheap consistency check across peers).
     pub applied_commands: u64,
+    /// Instances operators added (`discover`): every peer discovers from them.
+    pub seeds: BTreeSet<InstanceKey>,
+    /// Instances operators forgot, with when: no peer tracks them until rediscovered.
+    pub forgotten: BTreeMap<InstanceKey, i64>,
+    /// Operator requests, oldest first, at most [`KEEP_AUDIT`].
+    pub audit: Vec<AuditEntry>,
 }
 
 impl Default for ClusterState {
@@ -220,6 +362,9 @@ impl Default for ClusterState {
             recoveries_enabled: true,
             notes: Vec::new(),
             applied_commands: 0,
+            seeds: BTreeSet::new(),
+            forgotten: BTreeMap::new(),
+            audit: Vec::new(),
         }
     }
 }
@@ -277,7 +422,7 @@ impl ClusterState {
                 Some(_) => CommandResult::Done,
                 None => rejected(format!("{instance} is not downtimed")),
             },
-            Command::RecordRecoveryIntent { cluster, failed_master, reason, kind } => {
+            Command::RecordRecoveryIntent { cluster, failed_master, reason, kind, requested_by } => {
                 if let Some(open) = self.recoveries.iter().find(|r| &r.cluster == cluster && r.is_open()) {
                     return rejected(format!("recovery {} of cluster {cluster} is still running", open.id));
                 }
@@ -292,6 +437,7 @@ impl ClusterState {
                     kind: *kind,
                     epoch,
                     started_unix_ms: now,
+                    requested_by: requested_by.clone(),
                     ..Default::default()
                 });
                 self.trim_recoveries();
@@ -309,13 +455,15 @@ impl ClusterState {
                     None => rejected(format!("no recovery {id}")),
                 }
             }
-            Command::RecordRecoveryOutcome { id, success, new_master, summary } => {
+            Command::RecordRecoveryOutcome { id, success, new_master, summary, steps, writable_after_ms } => {
                 match self.recoveries.iter_mut().find(|r| r.id == *id) {
                     Some(r) if r.is_open() => {
                         r.ended_unix_ms = Some(now);
                         r.success = Some(*success);
                         r.new_master = new_master.clone();
                         r.summary = summary.clone();
+                        r.steps = steps.iter().take(KEEP_STEPS).cloned().collect();
+                        r.writable_after_ms = *writable_after_ms;
                         if let Some(m) = new_master {
                             let record = self.clusters.entry(r.cluster.clone()).or_default();
                             record.master = Some(m.clone());
@@ -329,6 +477,11 @@ impl ClusterState {
             }
             Command::AcknowledgeRecovery { id, by, comment } => {
                 match self.recoveries.iter_mut().find(|r| r.id == *id) {
+                    Some(r) if r.is_open() => rejected(format!("recovery {id} is still running")),
+                    Some(r) if r.acknowledged_by.is_some() => rejected(format!(
+                        "recovery {id} was already acknowledged by {}",
+                        r.acknowledged_by.as_deref().unwrap_or_default()
+                    )),
                     Some(r) => {
                         r.acknowledged_by = Some(by.clone());
                         r.acknowledge_comment = comment.clone();
@@ -347,6 +500,38 @@ impl ClusterState {
                 if self.notes.len() > KEEP_NOTES {
                     let excess = self.notes.len() - KEEP_NOTES;
                     self.notes.drain(..excess);
+                }
+                CommandResult::Done
+            }
+            Command::AddSeed { instance } => {
+                self.forgotten.remove(instance);
+                self.seeds.insert(instance.clone());
+                CommandResult::Done
+            }
+            Command::ForgetInstance { instance } => {
+                if let Some((alias, _)) =
+                    self.clusters.iter().find(|(_, c)| c.master.as_ref() == Some(instance))
+                {
+                    return rejected(format!(
+                        "{instance} is the master of cluster {alias}: switch over or fail over first"
+                    ));
+                }
+                if let Some(open) = self.recoveries.iter().find(|r| {
+                    r.is_open()
+                        && (r.failed_master.as_ref() == Some(instance)
+                            || r.candidate.as_ref() == Some(instance))
+                }) {
+                    return rejected(format!("recovery {} of {} involves {instance}", open.id, open.cluster));
+                }
+                self.seeds.remove(instance);
+                self.forgotten.insert(instance.clone(), now);
+                CommandResult::Done
+            }
+            Command::RecordAudit { entry } => {
+                self.audit.push(AuditEntry { at_unix_ms: now, ..entry.clone() });
+                if self.audit.len() > KEEP_AUDIT {
+                    let excess = self.audit.len() - KEEP_AUDIT;
+                    self.audit.drain(..excess);
                 }
                 CommandResult::Done
             }
@@ -377,8 +562,38 @@ impl ClusterState {
     }
 
     /// The instances downtimed at `now_unix_ms`.
-    pub fn downtimed_at(&self, now_unix_ms: i64) -> std::collections::BTreeSet<InstanceKey> {
+    pub fn downtimed_at(&self, now_unix_ms: i64) -> BTreeSet<InstanceKey> {
         self.downtimes.keys().filter(|k| self.is_downtimed(k, now_unix_ms)).cloned().collect()
+    }
+
+    /// The open recovery of `cluster`, if one runs.
+    pub fn open_recovery(&self, cluster: &str) -> Option<&RecoveryRecord> {
+        self.recoveries.iter().find(|r| r.cluster == cluster && r.is_open())
+    }
+
+    /// What discovery needs from the decisions: each registered cluster's master and
+    /// former masters, the seeds operators added and the instances they forgot.
+    pub fn registry(&self) -> crate::topology::Registry {
+        let clusters = self
+            .clusters
+            .iter()
+            .filter_map(|(alias, record)| {
+                let master = record.master.clone()?;
+                let former = self
+                    .recoveries
+                    .iter()
+                    .filter(|r| &r.cluster == alias)
+                    .filter_map(|r| r.failed_master.clone())
+                    .filter(|f| f != &master)
+                    .collect();
+                Some(crate::topology::RegisteredCluster { alias: alias.clone(), master, former })
+            })
+            .collect();
+        crate::topology::Registry {
+            clusters,
+            seeds: self.seeds.clone(),
+            forgotten: self.forgotten.keys().cloned().collect(),
+        }
     }
 }
 
@@ -422,6 +637,7 @@ mod tests {
             failed_master: key("m:1"),
             reason: "DeadMaster".into(),
             kind: RecoveryKind::Failover,
+            requested_by: None,
         };
         assert_eq!(s.apply(&at(10, intent.clone())), CommandResult::RecoveryOpened { id: 1, epoch: 1 });
         match s.apply(&at(11, intent.clone())) {
@@ -435,6 +651,8 @@ mod tests {
             success: true,
             new_master: Some(key("r:1")),
             summary: "promoted r:1".into(),
+            steps: vec![RecoveryStep { at_ms: 3, text: "promoted r:1".into() }],
+            writable_after_ms: Some(3),
         };
         assert_eq!(
             s.apply(&at(11, Command::SetRecoveryCandidate { id: 1, candidate: key("r:1") })),
@@ -457,6 +675,78 @@ mod tests {
         assert_eq!(s.apply(&at(16, ack)), CommandResult::Done);
         assert_eq!(s.recoveries[0].acknowledged_by.as_deref(), Some("alice"));
         assert_eq!(s.recoveries[0].ended_unix_ms, Some(12));
+    }
+
+    #[test]
+    fn acknowledging_needs_an_ended_recovery_and_happens_once() {
+        let mut s = ClusterState::default();
+        let intent = Command::RecordRecoveryIntent {
+            cluster: "main".into(),
+            failed_master: key("m:1"),
+            reason: "switchover".into(),
+            kind: RecoveryKind::Switchover,
+            requested_by: Some("alice".into()),
+        };
+        assert_eq!(s.apply(&at(1, intent)), CommandResult::RecoveryOpened { id: 1, epoch: 1 });
+        assert_eq!(s.recoveries[0].requested_by.as_deref(), Some("alice"));
+        let ack = |by: &str| Command::AcknowledgeRecovery { id: 1, by: by.into(), comment: String::new() };
+        let refused = |r: CommandResult, needle: &str| match r {
+            CommandResult::Rejected { reason } => assert!(reason.contains(needle), "{reason}"),
+            other => panic!("{other}"),
+        };
+        refused(s.apply(&at(2, ack("bob"))), "still running");
+        let outcome = Command::RecordRecoveryOutcome {
+            id: 1,
+            success: true,
+            new_master: Some(key("r:1")),
+            summary: "promoted r:1".into(),
+            steps: (0..500).map(|i| RecoveryStep { at_ms: i, text: format!("step {i}") }).collect(),
+            writable_after_ms: Some(40),
+        };
+        s.apply(&at(3, outcome));
+        assert_eq!(s.recoveries[0].steps.len(), KEEP_STEPS, "steps are bounded");
+        assert_eq!(s.apply(&at(4, ack("bob"))), CommandResult::Done);
+        refused(s.apply(&at(5, ack("carol"))), "already acknowledged by bob");
+        refused(
+            s.apply(&at(6, Command::AcknowledgeRecovery { id: 9, by: "x".into(), comment: "".into() })),
+            "no recovery 9",
+        );
+    }
+
+    #[test]
+    fn seeds_forgetting_and_the_registry() {
+        let mut s = ClusterState::default();
+        let register = Command::RegisterCluster {
+            alias: "main".into(),
+            seeds: vec![key("m:1")],
+            master: Some(key("m:1")),
+        };
+        s.apply(&at(1, register));
+        s.apply(&at(2, Command::AddSeed { instance: key("n:1") }));
+        match s.apply(&at(3, Command::ForgetInstance { instance: key("m:1") })) {
+            CommandResult::Rejected { reason } => {
+                assert!(reason.contains("master of cluster main"), "{reason}")
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(s.apply(&at(4, Command::ForgetInstance { instance: key("n:1") })), CommandResult::Done);
+        let r = s.registry();
+        assert!(r.seeds.is_empty() && r.forgotten.contains(&key("n:1")));
+        assert_eq!(r.clusters[0].master, key("m:1"));
+        s.apply(&at(5, Command::AddSeed { instance: key("n:1") }));
+        assert!(!s.registry().forgotten.contains(&key("n:1")), "discovering again un-forgets");
+    }
+
+    #[test]
+    fn audit_is_bounded_and_stamped_by_the_leader() {
+        let mut s = ClusterState::default();
+        for i in 0..(KEEP_AUDIT as i64 + 5) {
+            let entry = AuditEntry { who: format!("t{i}"), at_unix_ms: -1, ..Default::default() };
+            s.apply(&at(i, Command::RecordAudit { entry }));
+        }
+        assert_eq!(s.audit.len(), KEEP_AUDIT);
+        assert_eq!(s.audit[0].who, "t5", "the oldest are dropped first");
+        assert_eq!(s.audit.last().unwrap().at_unix_ms, KEEP_AUDIT as i64 + 4);
     }
 
     #[test]
@@ -503,13 +793,16 @@ mod tests {
                     failed_master,
                     reason: "r".into(),
                     kind: RecoveryKind::Failover,
+                    requested_by: None,
                 }
             }),
             (1u64..6, any::<bool>()).prop_map(|(id, success)| Command::RecordRecoveryOutcome {
                 id,
                 success,
                 new_master: None,
-                summary: String::new()
+                summary: String::new(),
+                steps: Vec::new(),
+                writable_after_ms: None,
             }),
             cluster.prop_map(|cluster| Command::BumpFencingEpoch { cluster }),
             any::<bool>().prop_map(|enabled| Command::SetRecoveriesEnabled { enabled }),

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use provisioner::certs::{write_files, NodeSpec};
 use provisioner::mysql_config::{render, MysqlServerConfig, ServerFlavor};
 
 #[derive(Parser, Debug)]
@@ -32,11 +34,46 @@ enum Command {
         #[arg(long)]
         writable: bool,
     },
+    /// Make the cluster's CA and one certificate per node (mutual TLS between peers):
+    /// ca.crt, ca.key, node-ID.crt, node-ID.key in --out (keys mode 0600; nothing is
+    /// overwritten). With --ca-key, sign more node certificates with an existing CA.
+    Certs {
+        /// The cluster's name (part of every certificate's subject).
+        #[arg(long)]
+        cluster: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// A node: ID=ADDRESS[,ADDRESS...], the addresses other peers reach it by.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<NodeSpec>,
+        /// How long node certificates are valid.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+        /// The key of an existing CA of this cluster (ca.key) to sign with.
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
 }
 
 fn main() {
+    if let Err(e) = run() {
+        eprintln!("provisioner: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
+        Command::Certs { cluster, out, nodes, days, ca_key } => {
+            let ca_key = ca_key
+                .map(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
+                .transpose()?;
+            for path in write_files(&out, &cluster, &nodes, days, ca_key.as_deref())? {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::RenderMysqlConfig { flavor, server_id, address, port, base_dir, writable } => {
             let mut c = MysqlServerConfig::small(flavor, server_id, &address, port, base_dir);
             c.read_only = !writable;
@@ -44,4 +81,5 @@ fn main() {
             print!("{}", render(&c));
         }
     }
+    Ok(())
 }

@@ -11,7 +11,9 @@
 //! - [`aws`] runs `moto_server` and creates a cluster's AWS side in it;
 //! - [`nlb`] is the NLB stand-in clients connect through;
 //! - [`TestBed`] puts databases and peers together for one test, [`AwsBed`] adds
-//!   moto, the AWS resources and the NLB stand-in.
+//!   moto, the AWS resources and the NLB stand-in. When a bed is dropped at the end
+//!   of a passing test, its peers' logs are searched for every token and MySQL
+//!   password the bed handed out: one found fails the test.
 
 pub mod aws;
 pub mod hosts;
@@ -264,11 +266,23 @@ impl PeerBed {
     }
 }
 
+/// Fails the test (unless it already fails) when a peer's log holds a secret: a
+/// token or a MySQL password.
+fn assert_no_secret_in_logs(peers: &[Peer]) {
+    if std::thread::panicking() {
+        return;
+    }
+    if let Some(found) = peer::find_secret_in_logs(peers, &peer::secrets()) {
+        panic!("{found}");
+    }
+}
+
 impl Drop for PeerBed {
     fn drop(&mut self) {
         for p in &mut self.peers {
             p.kill();
         }
+        assert_no_secret_in_logs(&self.peers);
     }
 }
 
@@ -280,5 +294,6 @@ impl Drop for TestBed {
         for s in &mut self.cluster.servers {
             s.kill();
         }
+        assert_no_secret_in_logs(&self.peers);
     }
 }

@@ -1,5 +1,9 @@
 //! Orchestrator peer processes, one co-located with each simulated database host, and
 //! a small client for their HTTP API.
+//!
+//! Every group runs as production does: API tokens required (the test tokens below,
+//! kept hashed in the configs) and mutual TLS on the Raft port, with a CA and node
+//! certificates made for the group by `provisioner::certs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,6 +59,43 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The test tokens: (name, scope, token). [`http_client`] sends the admin one.
+pub const ADMIN_TOKEN: &str = "orch_test_admin_5d0c2f7e9a81b34c6e1f0a2b7d9c3e58";
+pub const OPERATE_TOKEN: &str = "orch_test_operate_8b3e61a0c4d27f95e0b1c3a6d8f2e471";
+pub const READ_TOKEN: &str = "orch_test_read_2f94c7b1e0a36d58c9e2b4f1a7d0c6e3";
+
+/// The tokens every test group accepts.
+pub fn test_tokens() -> Vec<TokenSpec> {
+    vec![
+        TokenSpec::new("test-admin", "admin", ADMIN_TOKEN),
+        TokenSpec::new("test-operator", "operate", OPERATE_TOKEN),
+        TokenSpec::new("test-reader", "read", READ_TOKEN),
+    ]
+}
+
+/// An API token a group accepts.
+#[derive(Debug, Clone)]
+pub struct TokenSpec {
+    pub name: String,
+    pub scope: String,
+    pub token: String,
+}
+
+impl TokenSpec {
+    pub fn new(name: &str, scope: &str, token: &str) -> Self {
+        Self { name: name.into(), scope: scope.into(), token: token.into() }
+    }
+}
+
+/// How the peers talk Raft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RaftTls {
+    /// Mutual TLS with certificates of a CA made for the group.
+    Mutual,
+    /// Plain TCP (`tls.raft_insecure`).
+    Insecure,
+}
+
 /// Settings shared by every peer of a group.
 #[derive(Debug, Clone)]
 pub struct PeerGroupSpec {
@@ -71,6 +112,11 @@ pub struct PeerGroupSpec {
     pub hooks: Vec<String>,
     /// The cluster's AWS side, when the peers manage it.
     pub aws: Option<PeerAws>,
+    /// API tokens (kept hashed in the configs).
+    pub tokens: Vec<TokenSpec>,
+    /// Extra lines for the `[auth]` section (e.g. `tokens_secret = "..."`).
+    pub auth_settings: Vec<String>,
+    pub raft_tls: RaftTls,
 }
 
 /// What the peers need to manage a cluster's NLB target groups and DynamoDB table.
@@ -109,6 +155,9 @@ impl PeerGroupSpec {
             recovery_settings: Vec::new(),
             hooks: Vec::new(),
             aws: None,
+            tokens: test_tokens(),
+            auth_settings: Vec::new(),
+            raft_tls: RaftTls::Mutual,
         }
     }
 
@@ -228,8 +277,40 @@ impl Peer {
     }
 }
 
+/// Where a peer's TLS files are: (CA certificate, its certificate, its key).
+#[derive(Debug, Clone)]
+pub struct PeerTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA (`cluster` in its name) and one certificate per host in `dir`; returns
+/// the files of each host's peer (ids 1..=n).
+pub fn make_certs(dir: &Path, cluster: &str, hosts: &[String]) -> anyhow::Result<Vec<PeerTlsFiles>> {
+    let nodes: Vec<provisioner::certs::NodeSpec> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| provisioner::certs::NodeSpec { id: i as u64 + 1, names: vec![h.clone()] })
+        .collect();
+    provisioner::certs::write_files(dir, cluster, &nodes, 30, None)?;
+    Ok(nodes
+        .iter()
+        .map(|n| {
+            let (cert, key) = provisioner::certs::node_files(dir, n.id);
+            PeerTlsFiles { ca: dir.join("ca.crt"), cert, key }
+        })
+        .collect())
+}
+
 /// Renders the TOML config of peer `id` of a group on `hosts`.
-pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &Path) -> String {
+pub fn peer_config(
+    id: u64,
+    hosts: &[String],
+    spec: &PeerGroupSpec,
+    data_dir: &Path,
+    tls: Option<&PeerTlsFiles>,
+) -> String {
     let mut s = format!(
         "node_id = {id}\nhttp_listen = \"{host}:3000\"\nraft_listen = \"{host}:10008\"\ndata_dir = \"{}\"\n\n",
         data_dir.display(),
@@ -263,6 +344,26 @@ pub fn peer_config(id: u64, hosts: &[String], spec: &PeerGroupSpec, data_dir: &P
             aws.settings.join("\n")
         );
     }
+    s += &format!("[auth]\n{}\n\n", spec.auth_settings.join("\n"));
+    for t in &spec.tokens {
+        s += &format!(
+            "[[auth.tokens]]\nname = \"{}\"\nscope = \"{}\"\nsha256 = \"{}\"\n\n",
+            t.name,
+            t.scope,
+            orchestrator::auth::tokens::hash_hex(&t.token)
+        );
+    }
+    match tls {
+        Some(f) => {
+            s += &format!(
+                "[tls.raft]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
+                f.ca.display(),
+                f.cert.display(),
+                f.key.display()
+            )
+        }
+        None => s += "[tls]\nraft_insecure = true\n\n",
+    }
     if !spec.seeds.is_empty() {
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         s += &format!("[[clusters]]\nalias = \"{}\"\nseeds = [{}]\n", spec.cluster_alias, seeds.join(", "));
@@ -286,13 +387,18 @@ pub async fn start_peers(
     cgroups: &[Option<PathBuf>],
 ) -> anyhow::Result<Vec<Peer>> {
     let bin = binary("orchestrator")?;
+    let tls = match spec.raft_tls {
+        RaftTls::Mutual => Some(make_certs(&dir.join("tls"), "test", hosts)?),
+        RaftTls::Insecure => None,
+    };
     let mut peers = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let id = i as u64 + 1;
         let base = dir.join(format!("peer-{host}"));
         std::fs::create_dir_all(&base)?;
         let config_path = base.join("orchestrator.toml");
-        std::fs::write(&config_path, peer_config(id, hosts, spec, &base.join("data")))?;
+        let files = tls.as_ref().map(|t| &t[i]);
+        std::fs::write(&config_path, peer_config(id, hosts, spec, &base.join("data"), files))?;
         let mut peer = Peer {
             id,
             host: host.clone(),
@@ -314,8 +420,47 @@ pub async fn start_peers(
     Ok(peers)
 }
 
+/// An HTTP client that sends the test admin token.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(5)).no_proxy().build().expect("http client")
+    client_with_token(Some(ADMIN_TOKEN))
+}
+
+/// An HTTP client sending `token` (none when `None`).
+pub fn client_with_token(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {t}").parse().expect("header value"));
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// Every secret the test bed gives the peers: none may appear in a peer's log.
+pub fn secrets() -> Vec<&'static str> {
+    vec![ADMIN_TOKEN, OPERATE_TOKEN, READ_TOKEN, ORCH_PASSWORD, REPL_PASSWORD, APP_PASSWORD]
+}
+
+/// The first line of a peer's log holding one of `secrets` (with the file and line
+/// number), if any.
+pub fn find_secret_in_logs(peers: &[Peer], secrets: &[&str]) -> Option<String> {
+    for p in peers {
+        let Ok(text) = std::fs::read_to_string(&p.log_path) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            if let Some(s) = secrets.iter().find(|s| line.contains(*s)) {
+                let shown: String = s.chars().take(4).collect();
+                return Some(format!(
+                    "{}:{}: a secret ({shown}…) appears: {line}",
+                    p.log_path.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// GET a JSON document; non-2xx is an error carrying the body.

@@ -34,16 +34,33 @@ pub async fn wait_agreed_leader(peers: &[&Peer], timeout: Duration) -> anyhow::R
     }
 }
 
-/// POSTs a command to `/api/raft/apply` of `peer`; returns the status code and body.
-pub async fn apply(peer: &Peer, command: &Value) -> anyhow::Result<(u16, Value)> {
-    let resp = http_client().post(peer.url("/api/raft/apply")).json(command).send().await?;
+/// Writes a checkable decision through `peer` with a typed operation: a downtime of a
+/// made-up instance (`10.255.x.y:3306`, from `n`) whose reason is `text`. Returns the
+/// HTTP status and body.
+pub async fn write_marker(peer: &Peer, n: u32, text: &str) -> anyhow::Result<(u16, Value)> {
+    let host = format!("10.255.{}.{}", n / 256, n % 256);
+    let url = peer.url(&format!("/api/begin-downtime/{host}/3306/test/{text}/1d"));
+    let resp = http_client().post(url).send().await?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await?))
 }
 
-/// A command that changes the replicated state in a checkable way: a membership note.
-pub fn note(text: &str) -> Value {
-    serde_json::json!({ "type": "membership_note", "note": text })
+/// The markers [`write_marker`] left in a state-machine answer: their texts, in the
+/// order the leader stamped them.
+pub fn markers(state: &Value) -> Vec<String> {
+    let mut found: Vec<(i64, String)> = state["state"]["downtimes"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("10.255."))
+                .map(|(_, d)| {
+                    (d["since_unix_ms"].as_i64().unwrap_or(0), d["reason"].as_str().unwrap_or("").to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The replicated state as `peer` has applied it.

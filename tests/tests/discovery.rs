@@ -110,9 +110,12 @@ async fn api_errors_are_json_with_4xx_status() {
         let msg = body["error"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{path}: {body}");
     }
-    // Discovering an address nobody listens on fails with the reason, and is not kept.
+    // Discovering (through the leader) an address nobody listens on is refused with
+    // the reason, and the address is not kept.
+    let all: Vec<_> = bed.peers.iter().collect();
+    orch_tests::raft::wait_agreed_leader(&all, Duration::from_secs(10)).await.unwrap();
     let resp = client.get(p.url("/api/discover/127.0.0.1/1")).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 502);
+    assert_eq!(resp.status().as_u16(), 409);
     let body: Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("cannot connect"), "{body}");
     let resp = client.get(p.url("/api/instance/127.0.0.1/1")).send().await.unwrap();
@@ -121,7 +124,7 @@ async fn api_errors_are_json_with_4xx_status() {
     let replica = &bed.cluster.servers[1];
     let i = get_json(&p.url(&format!("/api/discover/{}/3306", replica.host))).await.unwrap();
     assert_eq!(i["key"], replica.key().as_str());
-    assert_eq!(i["reachable"], true);
+    assert_eq!(i["instance"]["reachable"], true);
 }
 
 #[tokio::test]
@@ -203,6 +206,7 @@ async fn orchctl_prints_the_topology_over_grpc() {
         let out = std::process::Command::new(&ctl)
             .arg("--addr")
             .arg(bed.peers[2].http_address())
+            .env("ORCHCTL_TOKEN", orch_tests::peer::READ_TOKEN)
             .args(args)
             .output()
             .unwrap();
@@ -212,7 +216,7 @@ async fn orchctl_prints_the_topology_over_grpc() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let (ok, out, err) = run(&["topology", ALIAS, "--json"]);
+    let (ok, out, err) = run(&["topology", ALIAS, "-o", "json"]);
     assert!(ok, "{err}");
     let t: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(t["master"], bed.cluster.master().key().as_str());

@@ -253,8 +253,9 @@ async fn planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candida
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = takeover(&bed, &target.host).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["new_master"], target.key().as_str(), "{body}");
-    eprintln!("switchover steps: {}", body["steps"]);
+    assert_eq!(body["recovery"]["new_master"], target.key().as_str(), "{body}");
+    assert_eq!(body["recovery"]["requested_by"], "test-admin", "{body}");
+    eprintln!("switchover steps: {}", body["recovery"]["steps"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let report = w.stop().await;
     assert_one_master(&bed, &target.key(), &[]).await;

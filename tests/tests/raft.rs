@@ -4,25 +4,37 @@
 use std::time::Duration;
 
 use orch_tests::netfault::Partition;
+use orch_tests::peer::Peer;
 use orch_tests::peer::{http_client, poll_json};
-use orch_tests::raft::{apply, note, raft_state, state_machine, wait_agreed_leader, wait_applied};
+use orch_tests::raft::{markers, raft_state, state_machine, wait_agreed_leader, write_marker};
 use orch_tests::PeerBed;
 use serde_json::Value;
 
 const ELECTION: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(15);
 
-fn notes(state: &Value) -> Vec<String> {
-    state["state"]["notes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|n| n["note"].as_str().map(String::from)).collect())
-        .unwrap_or_default()
-}
+/// Markers written so far, to give each a fresh made-up instance.
+static WRITTEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 async fn write_ok(bed: &PeerBed, through: u64, text: &str) -> u64 {
-    let (status, body) = apply(bed.peer(through), &note(text)).await.unwrap();
+    let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = write_marker(bed.peer(through), n, text).await.unwrap();
     assert_eq!(status, 200, "write through peer {through}: {body}");
     body["log_index"].as_u64().expect("log index")
+}
+
+/// Waits until `peer` has applied `n` markers; returns its state.
+async fn wait_markers(peer: &Peer, n: usize, timeout: Duration) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(s) = state_machine(peer).await {
+            if markers(&s).len() >= n {
+                return s;
+            }
+        }
+        assert!(started.elapsed() < timeout, "peer {} did not apply {n} markers within {timeout:?}", peer.id);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test]
@@ -48,11 +60,11 @@ async fn three_peers_elect_replicate_and_survive_a_leader_kill() {
 
     // A write through a follower is forwarded, committed and applied everywhere.
     let follower = bed.peers.iter().find(|p| p.id != leader).unwrap().id;
-    write_ok(&bed, follower, "through a follower").await;
-    write_ok(&bed, leader, "through the leader").await;
+    write_ok(&bed, follower, "through-a-follower").await;
+    write_ok(&bed, leader, "through-the-leader").await;
     for p in &bed.peers {
-        let s = wait_applied(p, 2, CATCH_UP).await.unwrap();
-        assert_eq!(notes(&s), vec!["through a follower", "through the leader"], "peer {}", p.id);
+        let s = wait_markers(p, 2, CATCH_UP).await;
+        assert_eq!(markers(&s), vec!["through-a-follower", "through-the-leader"], "peer {}", p.id);
     }
 
     // kill -9 of the leader: a new one is elected and nothing committed is lost.
@@ -61,17 +73,17 @@ async fn three_peers_elect_replicate_and_survive_a_leader_kill() {
     let new_leader = wait_agreed_leader(&survivors, ELECTION).await.unwrap();
     assert_ne!(new_leader, leader);
     let other = survivors.iter().find(|p| p.id != new_leader).unwrap().id;
-    write_ok(&bed, other, "after the leader died").await;
+    write_ok(&bed, other, "after-the-leader-died").await;
     for p in bed.running() {
-        let s = wait_applied(p, 3, CATCH_UP).await.unwrap();
-        assert_eq!(notes(&s)[..2], ["through a follower", "through the leader"]);
+        let s = wait_markers(p, 3, CATCH_UP).await;
+        assert_eq!(markers(&s)[..2], ["through-a-follower", "through-the-leader"]);
     }
 
     // The killed peer restarts with its log and catches up.
     bed.peer_mut(leader).spawn().unwrap();
     bed.peer(leader).wait_healthy(Duration::from_secs(10)).await.unwrap();
-    let s = wait_applied(bed.peer(leader), 3, CATCH_UP).await.unwrap();
-    assert_eq!(notes(&s).last().map(String::as_str), Some("after the leader died"));
+    let s = wait_markers(bed.peer(leader), 3, CATCH_UP).await;
+    assert_eq!(markers(&s).last().map(String::as_str), Some("after-the-leader-died"));
     let metrics =
         http_client().get(bed.peer(leader).url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("orchestrator_raft_term "), "{metrics}");
@@ -99,8 +111,8 @@ async fn killing_every_peer_keeps_every_committed_command() {
     wait_agreed_leader(&all, ELECTION).await.unwrap();
     let expected: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
     for p in &bed.peers {
-        let s = wait_applied(p, 20, CATCH_UP).await.unwrap();
-        assert_eq!(notes(&s), expected, "peer {}", p.id);
+        let s = wait_markers(p, 20, CATCH_UP).await;
+        assert_eq!(markers(&s), expected, "peer {}", p.id);
     }
 }
 
@@ -142,8 +154,8 @@ async fn a_peer_behind_a_purged_log_catches_up_from_a_snapshot() {
 
     bed.peer_mut(lagging).spawn().unwrap();
     bed.peer(lagging).wait_healthy(Duration::from_secs(10)).await.unwrap();
-    let s = wait_applied(bed.peer(lagging), 80, CATCH_UP).await.unwrap();
-    assert_eq!(notes(&s).last().map(String::as_str), Some("s79"));
+    let s = wait_markers(bed.peer(lagging), 80, CATCH_UP).await;
+    assert_eq!(markers(&s).last().map(String::as_str), Some("s79"));
     assert!(s["applied_index"].as_u64().unwrap() >= last_index);
     let log = std::fs::read_to_string(&bed.peer(lagging).log_path).unwrap();
     assert!(
@@ -173,10 +185,10 @@ async fn five_peers_majority_keeps_working_and_the_minority_refuses_writes() {
     let majority: Vec<_> = majority_ids.iter().map(|id| bed.peer(*id)).collect();
     let new_leader = wait_agreed_leader(&majority, ELECTION).await.unwrap();
     assert!(majority_ids.contains(&new_leader));
-    write_ok(&bed, majority_ids[0], "majority side").await;
+    write_ok(&bed, majority_ids[0], "majority-side").await;
 
     for id in &minority_ids {
-        let (status, body) = apply(bed.peer(*id), &note("minority side")).await.unwrap();
+        let (status, body) = write_marker(bed.peer(*id), 9000 + *id as u32, "minority-side").await.unwrap();
         assert_eq!(status, 503, "peer {id} accepted a write in the minority: {body}");
         let msg = body["error"].as_str().unwrap_or_default();
         assert!(
@@ -189,8 +201,8 @@ async fn five_peers_majority_keeps_working_and_the_minority_refuses_writes() {
 
     partition.heal().unwrap();
     for p in &bed.peers {
-        let s = wait_applied(p, 2, CATCH_UP).await.unwrap();
-        assert_eq!(notes(&s), vec!["before", "majority side"], "peer {}", p.id);
+        let s = wait_markers(p, 2, CATCH_UP).await;
+        assert_eq!(markers(&s), vec!["before", "majority-side"], "peer {}", p.id);
     }
     // Stopping two of five outright also leaves a working group.
     let stop: Vec<u64> = bed.peers.iter().map(|p| p.id).filter(|id| *id != new_leader).take(2).collect();
@@ -199,7 +211,7 @@ async fn five_peers_majority_keeps_working_and_the_minority_refuses_writes() {
     }
     let running: Vec<_> = bed.running();
     let l = wait_agreed_leader(&running, ELECTION).await.unwrap();
-    write_ok(&bed, l, "three of five").await;
+    write_ok(&bed, l, "three-of-five").await;
 }
 
 #[tokio::test]
@@ -242,12 +254,19 @@ async fn membership_changes_and_leadership_transfer_through_the_api() {
     let resp =
         http_client().post(bed.peer(target).url("/api/raft/add-peer")).json(&body).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap());
-    let s = wait_applied(bed.peer(victim), 2, CATCH_UP).await.unwrap();
-    assert_eq!(notes(&s), vec!["one", "two"]);
+    let s = wait_markers(bed.peer(victim), 2, CATCH_UP).await;
+    assert_eq!(markers(&s), vec!["one", "two"]);
     let state = raft_state(bed.peer(target)).await.unwrap();
     let members = state["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{state}");
     assert!(members.iter().all(|m| m["voter"] == true), "{state}");
+    // The audit names who asked for each change of membership, from where.
     let sm = state_machine(bed.peer(victim)).await.unwrap();
-    assert_eq!(sm["state"]["applied_commands"], 2);
+    let audit = sm["state"]["audit"].as_array().unwrap();
+    for op in ["transfer_leadership", "remove_raft_peer", "add_raft_peer"] {
+        let e = audit.iter().find(|e| e["operation"] == op).unwrap_or_else(|| panic!("no {op} in {audit:?}"));
+        assert_eq!(e["who"], "test-admin", "{e}");
+        assert_eq!(e["result"], "ok", "{e}");
+        assert!(e["from"].as_str().unwrap().starts_with("127."), "{e}");
+    }
 }

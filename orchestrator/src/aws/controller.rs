@@ -31,7 +31,7 @@ use crate::topology::{ClusterSnapshot, InstanceKey};
 use crate::unix_millis_now;
 
 /// What the API shows of one cluster's AWS side.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ClusterAwsStatus {
     pub desired_write: Option<String>,
     pub desired_read: BTreeSet<String>,

@@ -167,7 +167,7 @@ mod tests {
         use crate::topology::{build_clusters, fixtures};
         let states = [fixtures::reachable("m:1", None), fixtures::reachable("a:1", Some("m:1"))];
         let map = states.iter().map(|s| (s.key.clone(), s.clone())).collect();
-        let snap = build_clusters(&map, &[], 0).remove(0);
+        let snap = build_clusters(&map, &[], &Default::default(), 0).remove(0);
         let master: InstanceKey = "m:1".parse().unwrap();
         let a = topology_json(&snap, &master, 3);
         let mut later = snap.clone();

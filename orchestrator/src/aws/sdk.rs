@@ -1,5 +1,6 @@
 //! The AWS SDK edge: ELBv2 target groups, EC2 instance lookup and the DynamoDB mirror
-//! table, each behind a small trait the controller is generic over.
+//! table, each behind a small trait the controller is generic over, and Secrets
+//! Manager (API tokens read at start).
 //!
 //! Clients come from the standard chain (credentials and region from the environment,
 //! profile or instance role) with the config's region and `endpoint_url` on top. Every
@@ -45,6 +46,7 @@ pub struct AwsClients {
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsClients {
@@ -87,7 +89,23 @@ impl AwsClients {
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             dynamodb: aws_sdk_dynamodb::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
         }
+    }
+
+    /// The string value of a Secrets Manager secret (by name or ARN). The error names
+    /// the secret, never its value.
+    pub async fn secret_string(&self, secret_id: &str) -> Result<String, AwsError> {
+        let out = self
+            .secrets
+            .get_secret_value()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetSecretValue", e))?;
+        out.secret_string()
+            .map(str::to_string)
+            .ok_or_else(|| AwsError::new("GetSecretValue", format!("secret {secret_id} has no string value")))
     }
 }
 

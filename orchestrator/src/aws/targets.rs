@@ -147,7 +147,7 @@ mod tests {
     fn snapshot(states: Vec<InstanceState>) -> ClusterSnapshot {
         let map: BTreeMap<InstanceKey, InstanceState> =
             states.into_iter().map(|s| (s.key.clone(), s)).collect();
-        build_clusters(&map, &[], 0).remove(0)
+        build_clusters(&map, &[], &Default::default(), 0).remove(0)
     }
 
     fn id_of(k: &InstanceKey) -> Option<String> {

@@ -59,6 +59,44 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `text` with the quoted value after every `PASSWORD=` (any case) replaced by `'…'`,
+/// so a statement or a server error quoting it can be logged.
+pub fn redact_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_uppercase().find("PASSWORD=") {
+        let (before, after) = rest.split_at(at + "PASSWORD=".len());
+        out.push_str(before);
+        let mut chars = after.char_indices();
+        match chars.next() {
+            Some((_, q)) if q == '\'' || q == '"' => {
+                let mut end = after.len();
+                let mut escaped = false;
+                for (i, c) in chars {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == q {
+                        end = i + c.len_utf8();
+                        break;
+                    }
+                }
+                out.push_str("'…'");
+                rest = &after[end..];
+            }
+            _ => {
+                // Unquoted: up to the next separator.
+                let end = after.find([',', ' ', ';', ')']).unwrap_or(after.len());
+                out.push('…');
+                rest = &after[end..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The statements that make `key` replicate from `source` with GTID auto-positioning.
 /// `was_master`: the instance has no replication configured (a former master).
 pub fn repoint_statements(
@@ -167,12 +205,18 @@ impl MysqlAdmin {
             .map_err(|e: ProbeError| Self::error(key, "connect", e))
     }
 
+    /// Runs one statement. An error names the statement with any password in it (and
+    /// in the server's message, which may quote it) replaced by `'…'`.
     async fn run(&self, key: &InstanceKey, conn: &mut Conn, sql: &str) -> Result<(), AdminError> {
         let timeout = self.settings.statement_timeout;
         match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Self::error(key, sql, e)),
-            Err(_) => Err(Self::error(key, sql, format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => Err(Self::error(key, &redact_passwords(sql), redact_passwords(&e.to_string()))),
+            Err(_) => Err(Self::error(
+                key,
+                &redact_passwords(sql),
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
         }
     }
 
@@ -377,6 +421,31 @@ mod tests {
         assert_eq!(after, vec!["STOP REPLICA", "RESET REPLICA ALL"]);
         assert_eq!(fence_statements(Flavor::MySql), vec!["SET GLOBAL super_read_only = ON"]);
         assert_eq!(fence_statements(Flavor::MariaDb), vec!["SET GLOBAL read_only = ON"]);
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_statements_and_errors() {
+        let src = InstanceKey::new("10.0.0.2", 3306);
+        for flavor in [Flavor::MariaDb, Flavor::MySql] {
+            for sql in repoint_statements(flavor, &src, "repl", "s3cr'e\\t, x", true) {
+                let shown = redact_passwords(&sql);
+                assert!(!shown.contains("s3cr") && !shown.contains(", x'"), "{shown}");
+                if sql.contains("PASSWORD") {
+                    assert!(
+                        shown.contains("PASSWORD='…'") && shown.contains("_AUTO_POSITION")
+                            || shown.contains("MASTER_USE_GTID"),
+                        "{shown}"
+                    );
+                }
+            }
+        }
+        let error = "syntax error near 'MASTER_PASSWORD='hunter2', MASTER_USE_GTID=slave_pos' at line 1";
+        assert_eq!(
+            redact_passwords(error),
+            "syntax error near 'MASTER_PASSWORD='…', MASTER_USE_GTID=slave_pos' at line 1"
+        );
+        assert_eq!(redact_passwords("identified by password=abc, next"), "identified by password=…, next");
+        assert_eq!(redact_passwords("no secret here"), "no secret here");
     }
 
     #[test]

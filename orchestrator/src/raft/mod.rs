@@ -3,8 +3,9 @@
 //! operations the API offers on it (write a command, membership, status).
 //!
 //! - [`store`]: RocksDB log, vote and snapshots; the in-memory state machine.
-//! - [`network`]: tonic client per peer.
-//! - [`service`]: tonic server on port 10008.
+//! - [`network`]: tonic client per peer (mutual TLS when configured).
+//! - [`service`]: tonic server on port 10008 (mutual TLS when configured): Raft RPCs,
+//!   pings, views, and operator requests other peers hand to this one.
 //! - [`quorum`]: whether this peer can reach a majority (pings on port 10008).
 
 pub mod network;
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -27,8 +28,9 @@ use crate::config::{Config, RaftTuning};
 use crate::discovery::DiscoveryHandle;
 use crate::metrics::Metrics;
 use crate::state::{ClusterState, Command, CommandResult, Proposal};
+use network::PeerConnector;
 use quorum::QuorumMonitor;
-use service::LeaderContact;
+use service::{ForwardHandler, LeaderContact};
 use store::{AppliedState, LogStore, StateMachineStore};
 
 pub type NodeId = u64;
@@ -82,6 +84,17 @@ pub enum WriteError {
     NoQuorum(Duration),
     #[error("Raft refused the write: {0}")]
     Raft(String),
+}
+
+/// Why a request to another peer did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Not delivered: nothing was done there.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Sent, but the answer was lost: it may have been done.
+    #[error("{0}")]
+    Lost(String),
 }
 
 fn leader_hint(leader: &Option<(NodeId, PeerNode)>) -> String {
@@ -141,8 +154,10 @@ pub struct RaftNode {
     contact: Arc<LeaderContact>,
     quorum: Arc<QuorumMonitor>,
     tuning: RaftTuning,
-    /// This host's address, for connections to other peers.
-    source: Option<std::net::IpAddr>,
+    /// How connections to other peers are made (source address, mutual TLS).
+    connector: PeerConnector,
+    /// Who answers operator requests other peers forward here.
+    forward_handler: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
 }
 
 fn role_name(s: ServerState) -> &'static str {
@@ -174,10 +189,11 @@ pub fn openraft_config(cluster: &str, t: &RaftTuning) -> Result<openraft::Config
 
 impl RaftNode {
     /// Opens storage in `<data_dir>/raft`, starts Raft and its gRPC server on
-    /// `raft_listen`, and bootstraps the group from the static peer list if this peer
-    /// has never been part of one.
+    /// `raft_listen` (mutual TLS with `tls`), and bootstraps the group from the static
+    /// peer list if this peer has never been part of one.
     pub async fn start(
         config: &Config,
+        tls: Option<crate::auth::tls::RaftTls>,
         discovery: DiscoveryHandle,
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
@@ -192,22 +208,39 @@ impl RaftNode {
         let sm = StateMachineStore::open(db).map_err(|e| storage_error(e.to_string()))?;
         let applied = sm.applied();
         let raft_config = Arc::new(openraft_config("orchestrator", &config.raft)?);
-        let source = config.source_ip();
-        let raft =
-            Raft::new(config.node_id, raft_config, network::PeerNetworkFactory { source }, log_store, sm)
-                .await
-                .map_err(|e| RaftStartError::Raft(e.to_string()))?;
+        let connector =
+            PeerConnector { source: config.source_ip(), tls: tls.as_ref().map(|t| t.client.clone()) };
+        let factory = network::PeerNetworkFactory { connector: connector.clone() };
+        let raft = Raft::new(config.node_id, raft_config, factory, log_store, sm)
+            .await
+            .map_err(|e| RaftStartError::Raft(e.to_string()))?;
 
         let contact = Arc::new(LeaderContact::default());
+        let forward_handler: Arc<OnceLock<Arc<dyn ForwardHandler>>> = Arc::new(OnceLock::new());
         let listener = tokio::net::TcpListener::bind(config.raft_listen)
             .await
             .map_err(|source| RaftStartError::Listen { addr: config.raft_listen, source })?;
-        let service = service::RaftService::new(config.node_id, raft.clone(), contact.clone(), discovery);
+        let service = service::RaftService::new(
+            config.node_id,
+            raft.clone(),
+            contact.clone(),
+            discovery,
+            forward_handler.clone(),
+        );
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            server = server
+                .tls_config(tls.server.clone())
+                .map_err(|e| RaftStartError::Config(format!("mutual TLS on the Raft port: {e}")))?;
+        }
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream_from(listener);
-            let result = tonic::transport::Server::builder()
-                .add_service(orch_proto::raft::raft_server::RaftServer::new(service))
+            let rpc = orch_proto::raft::raft_server::RaftServer::new(service)
+                .max_decoding_message_size(network::MAX_PEER_MESSAGE)
+                .max_encoding_message_size(network::MAX_PEER_MESSAGE);
+            let result = server
+                .add_service(rpc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.changed().await;
                 })
@@ -225,7 +258,8 @@ impl RaftNode {
             contact,
             quorum: Arc::new(QuorumMonitor::default()),
             tuning: config.raft.clone(),
-            source,
+            connector,
+            forward_handler,
         });
         tokio::spawn(watch_raft(node.clone(), metrics, shutdown.clone()));
         tokio::spawn(ping_peers(node.clone(), shutdown));
@@ -269,6 +303,90 @@ impl RaftNode {
     pub fn state(&self) -> (Option<u64>, ClusterState) {
         let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
         (a.last_applied.map(|l| l.index), a.state.clone())
+    }
+
+    /// Reads the applied state in place (no copy), for what runs often.
+    pub fn with_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
+        read(&a.state)
+    }
+
+    /// How this peer connects to the others (for its own clients of port 10008).
+    pub fn connector(&self) -> &PeerConnector {
+        &self.connector
+    }
+
+    /// Sets who answers requests other peers forward here (once, at start).
+    pub fn set_forward_handler(&self, handler: Arc<dyn ForwardHandler>) {
+        let _ = self.forward_handler.set(handler);
+    }
+
+    /// Hands `payload` to peer `to`'s forward handler and returns its answer.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ForwardError> {
+        let member = self.status().members.into_iter().find(|m| m.id == to);
+        let Some(member) = member else {
+            return Err(ForwardError::Unreachable(format!("peer {to} is not a member; nothing was done")));
+        };
+        let Some(mut client) = self.connector.channel(&member.raft, Duration::from_millis(500)) else {
+            return Err(ForwardError::Unreachable(format!(
+                "peer {to} has an invalid address {}",
+                member.raft
+            )));
+        };
+        let mut request = tonic::Request::new(orch_proto::raft::RaftPayload { payload });
+        request.set_timeout(timeout);
+        match client.forward(request).await {
+            Ok(answer) => Ok(answer.into_inner().payload),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(ForwardError::Unreachable(format!(
+                    "peer {to} at {} is unreachable from peer {} ({}); nothing was done",
+                    member.raft,
+                    self.id,
+                    status.message()
+                )))
+            }
+            Err(status) => Err(ForwardError::Lost(format!(
+                "no answer from peer {to} at {} ({}: {})",
+                member.raft,
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+
+    /// Makes this peer the leader: asks the current leader to pause its heartbeats
+    /// (over the peer port) so its followers' leases lapse, and campaigns. Returns
+    /// whether leadership moved (false: this peer already led).
+    pub async fn take_leadership(&self) -> Result<bool, WriteError> {
+        if self.is_leader() {
+            return Ok(false);
+        }
+        let lease = self.leader_lease();
+        for _attempt in 0..3 {
+            if let Some((_, leader)) = self.leader().filter(|(id, _)| *id != self.id) {
+                if let Some(mut client) = self.connector.channel(&leader.raft, Duration::from_millis(300)) {
+                    let pause =
+                        orch_proto::raft::PauseHeartbeatsRequest { millis: (lease * 4).as_millis() as u64 };
+                    let mut request = tonic::Request::new(pause);
+                    request.set_timeout(Duration::from_secs(1));
+                    let _ = client.pause_heartbeats(request).await;
+                }
+            }
+            let deadline = Instant::now() + lease * 4;
+            while Instant::now() < deadline {
+                if self.is_leader() {
+                    return Ok(true);
+                }
+                self.campaign().await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(WriteError::Raft(format!("peer {} campaigned but did not become leader (3 attempts)", self.id)))
     }
 
     /// Role, term, leader, indexes and members.
@@ -406,12 +524,7 @@ impl RaftNode {
         if !self.is_leader() {
             return Err(WriteError::NotLeader { leader: self.leader() });
         }
-        self.raft.runtime_config().heartbeat(false);
-        let raft = self.raft.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(pause).await;
-            raft.runtime_config().heartbeat(true);
-        });
+        pause_heartbeats(&self.raft, pause);
         Ok(())
     }
 
@@ -430,6 +543,17 @@ impl RaftNode {
             tracing::warn!(error = %e, "Raft shutdown");
         }
     }
+}
+
+/// Stops `raft`'s heartbeats for `pause` (at most 5 s); they resume in any case.
+pub(crate) fn pause_heartbeats(raft: &Raft<TypeConfig>, pause: Duration) {
+    let pause = pause.min(Duration::from_secs(5));
+    raft.runtime_config().heartbeat(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(pause).await;
+        raft.runtime_config().heartbeat(true);
+    });
 }
 
 fn tokio_stream_from(
@@ -498,7 +622,7 @@ async fn ping_peers(node: Arc<RaftNode>, mut shutdown: tokio::sync::watch::Recei
         clients.retain(|id, (addr, _)| members.iter().any(|(m, n)| m == id && &n.raft == addr));
         for (id, n) in &members {
             if !clients.contains_key(id) {
-                if let Some(c) = network::peer_channel(&n.raft, period, node.source) {
+                if let Some(c) = node.connector.channel(&n.raft, period) {
                     clients.insert(*id, (n.raft.clone(), c));
                 }
             }
@@ -509,13 +633,13 @@ async fn ping_peers(node: Arc<RaftNode>, mut shutdown: tokio::sync::watch::Recei
 
 /// The first other peer that reports an initialized Raft group, if any answers so.
 async fn initialized_peer(node: &RaftNode, members: &BTreeMap<NodeId, PeerNode>) -> Option<NodeId> {
-    let client = network::peer_http_client(node.source, Duration::from_millis(500));
     for (id, peer) in members.iter().filter(|(id, _)| **id != node.id) {
-        let url = format!("http://{}/api/raft-state", peer.http);
-        let Ok(resp) = client.get(&url).send().await else {
+        let Some(mut client) = node.connector.channel(&peer.raft, Duration::from_millis(500)) else {
             continue;
         };
-        if resp.json::<RaftStatus>().await.is_ok_and(|s| s.initialized) {
+        let mut request = tonic::Request::new(orch_proto::raft::PingRequest { from: node.id });
+        request.set_timeout(Duration::from_millis(500));
+        if client.ping(request).await.is_ok_and(|r| r.into_inner().initialized) {
             return Some(*id);
         }
     }

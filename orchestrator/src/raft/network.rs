@@ -1,5 +1,7 @@
 //! The client side of peer-to-peer Raft traffic: one lazily connected tonic channel per
-//! target peer, each call bounded by the deadline openraft gives it.
+//! target peer, each call bounded by the deadline openraft gives it. Every connection
+//! to another peer is made by a [`PeerConnector`]: from this host's own address, and
+//! with mutual TLS when `[tls.raft]` is configured.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use orch_proto::raft::raft_client::RaftClient;
 use orch_proto::raft::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{NodeId, PeerNode, TypeConfig};
 
@@ -23,40 +25,50 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Pause between attempts to reach an unreachable peer.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
 
-/// A lazily connected gRPC client of the peer at `address` (`host:10008`), its
-/// connections leaving from `source` when given: this host's own address, so that
-/// traffic between simulated hosts on one machine is told apart (and can be cut).
-pub fn peer_channel(
-    address: &str,
-    connect_timeout: Duration,
-    source: Option<IpAddr>,
-) -> Option<RaftClient<Channel>> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .ok()
-        .map(|e| e.connect_timeout(connect_timeout).tcp_nodelay(true).local_address(source).connect_lazy())
-        .map(RaftClient::new)
+/// Largest message between peers (snapshots of the replicated state travel in one).
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How this peer connects to the others on port 10008.
+#[derive(Clone, Default)]
+pub struct PeerConnector {
+    /// This host's own address: traffic between simulated hosts on one machine is told
+    /// apart (and can be cut).
+    pub source: Option<IpAddr>,
+    /// This peer's certificate and the cluster's CA (mutual TLS), when configured.
+    pub tls: Option<ClientTlsConfig>,
 }
 
-/// An HTTP client for talking to other peers' APIs, leaving from `source` when given.
-pub fn peer_http_client(source: Option<IpAddr>, timeout: Duration) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder().timeout(timeout).no_proxy();
-    if let Some(ip) = source {
-        builder = builder.local_address(ip);
+impl PeerConnector {
+    /// A lazily connected gRPC client of the peer at `address` (`host:10008`).
+    pub fn channel(&self, address: &str, connect_timeout: Duration) -> Option<RaftClient<Channel>> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .ok()?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .local_address(self.source);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).ok()?;
+        }
+        Some(
+            RaftClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
     }
-    builder.build().unwrap_or_default()
 }
 
 /// Makes a [`PeerClient`] per target; openraft asks for one per replication stream.
 #[derive(Clone, Default)]
 pub struct PeerNetworkFactory {
-    pub source: Option<IpAddr>,
+    pub connector: PeerConnector,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
-        PeerClient::new(target, &node.raft, self.source)
+        PeerClient::new(target, &node.raft, &self.connector)
     }
 }
 
@@ -68,8 +80,8 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(target: NodeId, address: &str, source: Option<IpAddr>) -> Self {
-        let client = peer_channel(address, CONNECT_TIMEOUT, source);
+    pub fn new(target: NodeId, address: &str, connector: &PeerConnector) -> Self {
+        let client = connector.channel(address, CONNECT_TIMEOUT);
         Self { target, address: address.to_string(), client }
     }
 

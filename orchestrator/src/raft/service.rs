@@ -1,12 +1,20 @@
 //! The server side of peer-to-peer traffic on port 10008: Raft RPCs handed to openraft,
-//! and `PeerView`, which lets the leader ask this peer what it sees.
+//! `PeerView`, which lets the leader ask this peer what it sees, `Forward`, through
+//! which other peers hand this one an operator's request, and `PauseHeartbeats` (a
+//! leadership transfer). With mutual TLS on, only peers holding a certificate of the
+//! cluster's CA get this far.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use openraft::Raft;
 use orch_proto::raft::raft_server::Raft as RaftRpc;
-use orch_proto::raft::{PeerViewReply, PeerViewRequest, PingReply, PingRequest, RaftPayload};
+use orch_proto::raft::{
+    PauseHeartbeatsReply, PauseHeartbeatsRequest, PeerViewReply, PeerViewRequest, PingReply, PingRequest,
+    RaftPayload,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -33,11 +41,17 @@ impl LeaderContact {
     }
 }
 
+/// Answers what other peers forward (JSON in, JSON out); see [`crate::ops`].
+pub trait ForwardHandler: Send + Sync {
+    fn handle(&self, payload: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>>;
+}
+
 pub struct RaftService {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
     contact: Arc<LeaderContact>,
     discovery: DiscoveryHandle,
+    forward: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
 }
 
 impl RaftService {
@@ -46,8 +60,14 @@ impl RaftService {
         raft: Raft<TypeConfig>,
         contact: Arc<LeaderContact>,
         discovery: DiscoveryHandle,
+        forward: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
     ) -> Self {
-        Self { node_id, raft, contact, discovery }
+        Self { node_id, raft, contact, discovery, forward }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.node_id) && m.state == openraft::ServerState::Leader
     }
 }
 
@@ -85,10 +105,32 @@ impl RaftRpc for RaftService {
     }
 
     async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let m = self.raft.metrics().borrow().clone();
         Ok(Response::new(PingReply {
             node_id: self.node_id,
-            term: self.raft.metrics().borrow().current_term,
+            term: m.current_term,
+            initialized: m.last_log_index.is_some() || m.membership_config.log_id().is_some(),
         }))
+    }
+
+    async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let Some(handler) = self.forward.get().cloned() else {
+            return Err(Status::unavailable(format!("peer {} is still starting", self.node_id)));
+        };
+        let payload = handler.handle(request.into_inner().payload).await;
+        Ok(Response::new(RaftPayload { payload }))
+    }
+
+    async fn pause_heartbeats(
+        &self,
+        request: Request<PauseHeartbeatsRequest>,
+    ) -> Result<Response<PauseHeartbeatsReply>, Status> {
+        if !self.is_leader() {
+            return Err(Status::failed_precondition(format!("peer {} is not the leader", self.node_id)));
+        }
+        let pause = Duration::from_millis(request.into_inner().millis.min(5_000));
+        super::pause_heartbeats(&self.raft, pause);
+        Ok(Response::new(PauseHeartbeatsReply { paused_ms: pause.as_millis() as u64 }))
     }
 
     async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {

@@ -17,19 +17,23 @@ use orch_proto::raft::PeerViewRequest;
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
-use super::executor::{choose, run_recovery, HookFacts, Outcome, RecoveryRequest, Timings};
+use super::executor::{
+    choose, failover_input, plan_checked, replica_facts, run_recovery, HookFacts, Outcome, RecoveryRequest,
+    Timings,
+};
+use super::plan::{assess, FailoverPlan};
 use super::shell::{MysqlControl, ShellHooks};
 use crate::analysis::{analyze, AnalysisCode, AnalysisInput, AnalysisSettings, PeerObservation, Problem};
 use crate::config::Config;
 use crate::discovery::DiscoveryHandle;
 use crate::mysql::admin::MysqlAdmin;
-use crate::raft::{network, NodeId, RaftNode};
+use crate::raft::{NodeId, RaftNode};
 use crate::state::{ClusterState, Command, RecoveryKind, RecoveryRecord};
 use crate::topology::{ClusterSnapshot, InstanceKey, InstanceState};
 use crate::unix_millis_now;
 
 /// What the loop last concluded, for the API.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Findings {
     pub problems: BTreeMap<String, Vec<Problem>>,
     pub checked_unix_ms: i64,
@@ -38,9 +42,32 @@ pub struct Findings {
 /// An operator's request (API): switchover or forced failover.
 #[derive(Debug, Clone)]
 pub struct ManualRecovery {
+    /// The alias, or any member's `host:port`.
     pub cluster: String,
     pub target: Option<InstanceKey>,
     pub kind: RecoveryKind,
+    /// Refused unless Raft's master is this one (a stale command).
+    pub expected_master: Option<InstanceKey>,
+    /// The operator's token name.
+    pub requested_by: Option<String>,
+}
+
+/// Why an operator's recovery was not started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ManualError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A dry run: the planner's answer from fresh probes, without acting.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    pub master: InstanceKey,
+    pub plan: Result<FailoverPlan, String>,
+    /// Why each replica could not be the candidate (meaningful when `plan` failed).
+    pub assessed: Vec<(InstanceKey, String)>,
 }
 
 pub struct RecoveryService {
@@ -56,7 +83,6 @@ pub struct RecoveryService {
     sentinels: Mutex<BTreeMap<InstanceKey, tokio::task::JoinHandle<()>>>,
     /// Problems already reported by hook/log, so each is announced once.
     announced: Mutex<BTreeSet<(String, AnalysisCode, InstanceKey)>>,
-    last_outcome: Mutex<Option<Outcome>>,
 }
 
 impl RecoveryService {
@@ -78,17 +104,11 @@ impl RecoveryService {
             peer_clients: Mutex::new(BTreeMap::new()),
             sentinels: Mutex::new(BTreeMap::new()),
             announced: Mutex::new(BTreeSet::new()),
-            last_outcome: Mutex::new(None),
         }
     }
 
     pub fn findings(&self) -> Findings {
         self.findings.lock().map(|f| f.clone()).unwrap_or_default()
-    }
-
-    /// The last recovery this peer ran (with its step timings).
-    pub fn last_outcome(&self) -> Option<Outcome> {
-        self.last_outcome.lock().ok().and_then(|o| o.clone())
     }
 
     fn settings(&self) -> AnalysisSettings {
@@ -142,7 +162,6 @@ impl RecoveryService {
         self.keep_sentinels(&masters);
         for (alias, record) in &state.clusters {
             let Some(master) = &record.master else { continue };
-            self.discovery.store().pin_alias(alias, master);
             self.ensure_sentinel(master);
             let Some(snapshot) = self.discovery.store().cluster(alias) else { continue };
             let problems = self.analyze_cluster(alias, &snapshot, master, &state).await;
@@ -201,8 +220,7 @@ impl RecoveryService {
         let (snapshot, observations) = if master_down {
             // Look again now: the master, its replicas, and every other peer's eyes.
             let master = snapshot.master.clone();
-            let replicas: Vec<InstanceKey> =
-                snapshot.instances.iter().map(|i| i.state.key.clone()).filter(|k| k != &master).collect();
+            let replicas = snapshot.replica_keys();
             let (_, _, observations) = tokio::join!(
                 self.discovery.observe(&master),
                 futures::future::join_all(replicas.iter().map(|r| self.discovery.observe(r))),
@@ -242,7 +260,7 @@ impl RecoveryService {
             for (id, addr) in members {
                 let stale = clients.get(&id).is_none_or(|(a, _)| a != &addr);
                 if stale {
-                    match network::peer_channel(&addr, Duration::from_millis(300), self.config.source_ip()) {
+                    match self.node.connector().channel(&addr, Duration::from_millis(300)) {
                         Some(c) => {
                             clients.insert(id, (addr.clone(), c));
                         }
@@ -373,12 +391,8 @@ impl RecoveryService {
     ) -> RecoveryRequest {
         let snapshot = self.discovery.store().cluster(alias);
         let master_state = self.discovery.store().instance(master).map(|i| i.state);
-        let replicas: Vec<InstanceKey> = snapshot
-            .iter()
-            .flat_map(|s| s.instances.iter())
-            .map(|i| i.state.key.clone())
-            .filter(|k| k != master)
-            .collect();
+        let replicas: Vec<InstanceKey> =
+            snapshot.iter().flat_map(|s| s.replica_keys()).filter(|k| k != master).collect();
         let master_probe = master_state.and_then(|s| s.last_probe);
         let semi_sync = master_probe.as_ref().is_some_and(|p| p.semi_sync.master_enabled);
         RecoveryRequest {
@@ -394,6 +408,7 @@ impl RecoveryService {
             max_lag_s: self.config.recovery.max_lag_on_failover_s,
             semi_sync,
             resume: None,
+            requested_by: None,
         }
     }
 
@@ -402,20 +417,15 @@ impl RecoveryService {
         let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
         let outcome =
             run_recovery(&control, self.node.as_ref(), &self.hooks, &request, &self.timings()).await;
-        if let Some(new_master) = &outcome.new_master {
-            self.discovery.store().pin_alias(&request.cluster, new_master);
-        }
+        let steps: Vec<String> = outcome.steps.iter().map(|s| s.to_string()).collect();
         tracing::info!(
             cluster = %request.cluster,
             success = outcome.success,
-            new_master = ?outcome.new_master,
+            new_master = %outcome.new_master.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into()),
             summary = %outcome.summary,
-            steps = %outcome.steps.join(" | "),
+            steps = %steps.join(" | "),
             "recovery finished"
         );
-        if let Ok(mut o) = self.last_outcome.lock() {
-            *o = Some(outcome.clone());
-        }
         outcome
     }
 
@@ -428,30 +438,88 @@ impl RecoveryService {
         self.execute(request).await;
     }
 
-    /// Runs an operator's switchover or forced failover now.
-    pub async fn manual(&self, m: ManualRecovery) -> Result<Outcome, String> {
-        let _running = self.busy.lock().await;
-        let (_, state) = self.node.state();
-        let record =
-            state.clusters.get(&m.cluster).ok_or_else(|| format!("no registered cluster `{}`", m.cluster))?;
-        let master =
-            record.master.clone().ok_or_else(|| format!("cluster `{}` has no master recorded", m.cluster))?;
-        if let Some(open) = state.recoveries.iter().find(|r| r.cluster == m.cluster && r.is_open()) {
-            return Err(format!("recovery {} of {} is still running", open.id, m.cluster));
+    /// Checks an operator's request against the replicated state and the topology:
+    /// the cluster (by alias or member) is registered, its master is the expected one,
+    /// no recovery of it runs, the target is one of its replicas, and a switchover's
+    /// master answers. Returns the alias, the master and the request to run.
+    fn check_manual(&self, m: &ManualRecovery, state: &ClusterState) -> Result<RecoveryRequest, ManualError> {
+        let alias = if state.clusters.contains_key(&m.cluster) {
+            m.cluster.clone()
+        } else {
+            self.discovery
+                .store()
+                .cluster(&m.cluster)
+                .map(|c| c.alias)
+                .filter(|a| state.clusters.contains_key(a))
+                .ok_or_else(|| ManualError::NotFound(format!("no registered cluster `{}`", m.cluster)))?
+        };
+        let master = state.clusters[&alias]
+            .master
+            .clone()
+            .ok_or_else(|| ManualError::Refused(format!("cluster {alias} has no master recorded")))?;
+        if let Some(expected) = &m.expected_master {
+            if expected != &master {
+                return Err(ManualError::Refused(format!(
+                    "the master of cluster {alias} is {master}, not {expected}: the command is stale"
+                )));
+            }
+        }
+        if let Some(open) = state.open_recovery(&alias) {
+            return Err(ManualError::Refused(format!("recovery {} of {alias} is still running", open.id)));
         }
         let reason = match m.kind {
-            RecoveryKind::Switchover => "planned switchover requested through the API".to_string(),
-            _ => "forced failover requested through the API".to_string(),
+            RecoveryKind::Switchover => "planned switchover requested by an operator".to_string(),
+            _ => "forced failover requested by an operator".to_string(),
         };
-        let request = self.request(&m.cluster, &master, &state, m.kind, m.target, reason);
+        let mut request = self.request(&alias, &master, state, m.kind, m.target.clone(), reason);
+        request.requested_by = m.requested_by.clone();
+        if let Some(target) = &m.target {
+            if target == &master {
+                return Err(ManualError::Refused(format!("{target} is already the master of {alias}")));
+            }
+            if !request.replicas.contains(target) {
+                return Err(ManualError::NotFound(format!("{target} is not a replica of cluster {alias}")));
+            }
+        }
+        if m.kind == RecoveryKind::Switchover {
+            let reachable = self.discovery.store().instance(&master).is_some_and(|i| i.state.reachable);
+            if !reachable {
+                return Err(ManualError::Refused(format!(
+                    "master {master} is unreachable: a switchover needs a live master (a forced failover does not)"
+                )));
+            }
+        }
+        Ok(request)
+    }
+
+    /// Runs an operator's switchover or forced failover now.
+    pub async fn manual(&self, m: ManualRecovery) -> Result<Outcome, ManualError> {
+        let _running = self.busy.lock().await;
+        let (_, state) = self.node.state();
+        let request = self.check_manual(&m, &state)?;
         if m.kind == RecoveryKind::Switchover {
             // Refuse before anything is recorded or touched.
             let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
-            let plan =
-                choose(&control, &request, None, request.master_probe.as_ref(), &self.timings()).await?;
-            tracing::info!(cluster = %m.cluster, candidate = %plan.candidate, "switchover accepted");
+            let plan = choose(&control, &request, None, request.master_probe.as_ref(), &self.timings())
+                .await
+                .map_err(ManualError::Refused)?;
+            tracing::info!(cluster = %request.cluster, candidate = %plan.candidate, "switchover accepted");
         }
         Ok(self.execute(request).await)
+    }
+
+    /// What [`RecoveryService::manual`] would do, from fresh probes, changing nothing.
+    pub async fn dry_run(&self, m: &ManualRecovery) -> Result<DryRun, ManualError> {
+        let (_, state) = self.node.state();
+        let request = self.check_manual(m, &state)?;
+        let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
+        let facts = replica_facts(&control, &request, &self.timings()).await;
+        let input = failover_input(&request, &facts, None, request.master_probe.as_ref());
+        Ok(DryRun {
+            master: request.failed_master.clone(),
+            plan: plan_checked(&input),
+            assessed: assess(&input),
+        })
     }
 
     /// Old masters that came back: fenced at once if writable, then rejoined as replicas

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::plan::{plan_failover, FailoverInput, FailoverPlan, ReplicaFacts};
-use crate::state::{Command, CommandResult, PromotionRule, RecoveryKind};
+use crate::state::{Command, CommandResult, PromotionRule, RecoveryKind, RecoveryStep};
 use crate::topology::{InstanceKey, InstanceProbe, ThreadState};
 
 /// The MySQL side of a recovery.
@@ -106,6 +106,8 @@ pub struct RecoveryRequest {
     pub semi_sync: bool,
     /// An unfinished recovery to continue: (id, epoch, candidate recorded).
     pub resume: Option<(u64, u64, Option<InstanceKey>)>,
+    /// The operator who asked (`None`: automatic).
+    pub requested_by: Option<String>,
 }
 
 /// How it ended.
@@ -117,23 +119,31 @@ pub struct Outcome {
     pub new_master: Option<InstanceKey>,
     pub summary: String,
     /// Each step with the milliseconds since the recovery began.
-    pub steps: Vec<String>,
+    pub steps: Vec<RecoveryStep>,
     /// When the new master passed its write check, since the recovery began.
     pub writable_after: Option<Duration>,
 }
 
 struct Log {
     started: Instant,
-    steps: Vec<String>,
+    steps: Vec<RecoveryStep>,
     writable_at: Option<Duration>,
 }
 
 impl Log {
     fn step(&mut self, what: impl Into<String>) {
-        let line = format!("{:>5} ms  {}", self.started.elapsed().as_millis(), what.into());
-        tracing::info!(step = %line, "recovery");
-        self.steps.push(line);
+        let step = RecoveryStep { at_ms: self.started.elapsed().as_millis() as u64, text: what.into() };
+        tracing::info!(step = %step, "recovery");
+        self.steps.push(step);
     }
+}
+
+/// `k1 (why), k2 (why)`: replicas passed over, as operators read them.
+pub fn show_passed_over(passed_over: &[(InstanceKey, String)]) -> String {
+    if passed_over.is_empty() {
+        return "none".into();
+    }
+    passed_over.iter().map(|(k, why)| format!("{k} ({why})")).collect::<Vec<_>>().join(", ")
 }
 
 async fn poll_until<F, Fut>(timings: &Timings, limit: Duration, mut check: F) -> Result<(), String>
@@ -150,7 +160,7 @@ where
             Err(e) => last_error = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("{last_error} after {limit:?}"));
+            return Err(format!("{last_error} after {} ms", limit.as_millis()));
         }
         tokio::time::sleep(timings.poll).await;
     }
@@ -182,13 +192,14 @@ pub async fn run_recovery<C: Control, D: Decisions, H: Hooks>(
                 failed_master: req.failed_master.clone(),
                 reason: req.reason.clone(),
                 kind: req.kind,
+                requested_by: req.requested_by.clone(),
             };
             match decisions.decide(intent).await {
                 Ok(CommandResult::RecoveryOpened { id, epoch }) => {
                     log.step(format!("intent recorded: recovery {id}, epoch {epoch}"));
                     (id, epoch, None)
                 }
-                Ok(other) => return not_started(log, format!("intent refused: {other:?}")),
+                Ok(other) => return not_started(log, format!("intent not recorded: {other}")),
                 Err(e) => return not_started(log, format!("intent not committed: {e}")),
             }
         }
@@ -221,6 +232,8 @@ pub async fn run_recovery<C: Control, D: Decisions, H: Hooks>(
         success,
         new_master: new_master.clone(),
         summary: summary.clone(),
+        steps: log.steps.clone(),
+        writable_after_ms: log.writable_at.map(|d| d.as_millis() as u64),
     };
     if let Err(e) = decisions.decide(outcome).await {
         log.step(format!("outcome not recorded ({e}); the next leader finishes this recovery"));
@@ -298,6 +311,44 @@ async fn probe_retrying<C: Control>(
     last
 }
 
+/// Probes every replica of the request (each retried): what planning starts from.
+pub async fn replica_facts<C: Control>(
+    control: &C,
+    req: &RecoveryRequest,
+    timings: &Timings,
+) -> Vec<ReplicaFacts> {
+    let probes =
+        futures::future::join_all(req.replicas.iter().map(|k| probe_retrying(control, k, timings))).await;
+    req.replicas
+        .iter()
+        .zip(probes)
+        .map(|(k, p)| ReplicaFacts {
+            key: k.clone(),
+            probe: p.ok(),
+            downtimed: req.downtimed.contains(k),
+            rule: req.rules.get(k).copied().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The planner's input for `req` over `facts`.
+pub fn failover_input<'a>(
+    req: &'a RecoveryRequest,
+    facts: &'a [ReplicaFacts],
+    recorded_candidate: Option<&'a InstanceKey>,
+    master_probe: Option<&'a InstanceProbe>,
+) -> FailoverInput<'a> {
+    FailoverInput {
+        failed_master: &req.failed_master,
+        master_probe,
+        replicas: facts,
+        force: req.kind == RecoveryKind::ForcedFailover,
+        max_lag_s: req.max_lag_s,
+        chosen: recorded_candidate,
+        target: req.target.as_ref(),
+    }
+}
+
 /// Probes the replicas and plans; a switchover target that cannot be promoted is an
 /// error saying why.
 pub async fn choose<C: Control>(
@@ -307,30 +358,15 @@ pub async fn choose<C: Control>(
     master_probe: Option<&InstanceProbe>,
     timings: &Timings,
 ) -> Result<FailoverPlan, String> {
-    let probes =
-        futures::future::join_all(req.replicas.iter().map(|k| probe_retrying(control, k, timings))).await;
-    let facts_of: Vec<ReplicaFacts> = req
-        .replicas
-        .iter()
-        .zip(probes)
-        .map(|(k, p)| ReplicaFacts {
-            key: k.clone(),
-            probe: p.ok(),
-            downtimed: req.downtimed.contains(k),
-            rule: req.rules.get(k).copied().unwrap_or_default(),
-        })
-        .collect();
-    let plan = plan_failover(&FailoverInput {
-        failed_master: &req.failed_master,
-        master_probe,
-        replicas: &facts_of,
-        force: req.kind == RecoveryKind::ForcedFailover,
-        max_lag_s: req.max_lag_s,
-        chosen: recorded_candidate,
-        target: req.target.as_ref(),
-    })
-    .map_err(|e| e.to_string())?;
-    if let Some(target) = &req.target {
+    let facts_of = replica_facts(control, req, timings).await;
+    plan_checked(&failover_input(req, &facts_of, recorded_candidate, master_probe))
+}
+
+/// [`plan_failover`], with a requested target that was not chosen an error saying why.
+pub fn plan_checked(input: &FailoverInput) -> Result<FailoverPlan, String> {
+    let plan = plan_failover(input).map_err(|e| e.to_string())?;
+    let req_target = input.target;
+    if let Some(target) = req_target {
         if &plan.candidate != target {
             let why = plan
                 .passed_over
@@ -391,7 +427,7 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     };
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
-    log.step(format!("candidate {candidate} (passed over: {:?})", plan.passed_over));
+    log.step(format!("candidate {candidate} (passed over: {})", show_passed_over(&plan.passed_over)));
     if recorded_candidate.is_none() {
         match decisions.decide(Command::SetRecoveryCandidate { id, candidate: candidate.clone() }).await {
             Ok(_) => {}

@@ -199,6 +199,29 @@ pub fn plan_failover(input: &FailoverInput) -> Result<FailoverPlan, PlanError> {
     Ok(FailoverPlan { candidate: candidate.key.clone(), donor, repoint, unreachable, passed_over })
 }
 
+/// Why each replica could not be the candidate (for a plan that failed): unreachable,
+/// not the requested target, or why it is not eligible.
+pub fn assess(input: &FailoverInput) -> Vec<(InstanceKey, String)> {
+    let mut out: Vec<(InstanceKey, String)> = input
+        .replicas
+        .iter()
+        .map(|r| {
+            let why = if r.probe.is_none() {
+                "unreachable".to_string()
+            } else if let Some(why) = ineligible(r, input) {
+                why
+            } else if input.target.is_some_and(|t| t != &r.key) {
+                "not the requested target".to_string()
+            } else {
+                "eligible".to_string()
+            };
+            (r.key.clone(), why)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,9 +312,30 @@ mod tests {
         assert!(reasons.iter().any(|w| w.contains("lagging 120 s")), "{reasons:?}");
         assert!(reasons.iter().any(|w| w.contains("errant GTIDs 1-2-3")), "{reasons:?}");
         assert!(reasons.contains(&"downtimed"), "{reasons:?}");
-        let err = plan(&[lagging, errant, down]).unwrap_err();
+        let err = plan(&[lagging.clone(), errant.clone(), down.clone()]).unwrap_err();
         assert!(matches!(err, PlanError::NoCandidate { .. }), "{err}");
         assert!(err.to_string().contains("lagging"), "{err}");
+
+        // A dry run that fails says why for every replica, the unreachable one too.
+        let gone = ReplicaFacts { key: key("e:1"), probe: None, downtimed: false, rule: Neutral };
+        let (m, master) = (key("m:1"), probe("0-1-100", "", 0));
+        let replicas = [lagging, errant, down, gone];
+        let target = key("a:1");
+        let input = FailoverInput {
+            failed_master: &m,
+            master_probe: Some(&master),
+            replicas: &replicas,
+            force: false,
+            max_lag_s: 60,
+            chosen: None,
+            target: Some(&target),
+        };
+        let why: Vec<(String, String)> =
+            assess(&input).into_iter().map(|(k, w)| (k.to_string(), w)).collect();
+        assert!(why[0].0 == "a:1" && why[0].1.contains("lagging 120 s"), "{why:?}");
+        assert!(why[1].1.contains("errant GTIDs"), "{why:?}");
+        assert_eq!(why[2].1, "downtimed");
+        assert_eq!(why[3].1, "unreachable");
     }
 
     #[test]

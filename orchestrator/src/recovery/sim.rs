@@ -952,8 +952,7 @@ fn spawn_run(world: &Arc<Mutex<World>>, term: u64, req: RecoveryRequest) -> toki
         ));
         for step in &outcome.steps {
             // Without the wall-clock milliseconds, so that traces compare.
-            let step = step.split_once(" ms  ").map_or(step.as_str(), |(_, s)| s);
-            w.note(format!("leader {term}:     {step}"));
+            w.note(format!("leader {term}:     {}", step.text));
         }
     })
 }
@@ -1024,6 +1023,7 @@ async fn schedule(seed: u64) -> Run {
             max_lag_s,
             semi_sync: true,
             resume: None,
+            requested_by: None,
         };
         for line in w.servers.iter().enumerate().map(|(i, _)| w.describe(i)).collect::<Vec<_>>() {
             w.note(format!("before recovery: {line}"));

@@ -41,14 +41,41 @@ pub struct InstanceKeyError {
     pub reason: &'static str,
 }
 
+/// Longest host name DNS allows.
+const MAX_HOST_LEN: usize = 253;
+
+/// Whether `host` is a DNS name or IPv4 address (letters, digits, `-`, `_`, dot-separated
+/// non-empty labels) or a bracketed IPv6 address.
+fn valid_host(host: &str) -> bool {
+    if host.len() > MAX_HOST_LEN {
+        return false;
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    host.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 impl FromStr for InstanceKey {
     type Err = InstanceKeyError;
 
+    /// Strict: `host:port` with a DNS name, IPv4 or `[IPv6]` host and a port 1-65535;
+    /// nothing else (no spaces, paths or schemes).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| InstanceKeyError { input: s.to_string(), reason };
+        let err = |reason| InstanceKeyError { input: s.chars().take(80).collect(), reason };
         let (host, port) = s.rsplit_once(':').ok_or_else(|| err("expected host:port"))?;
         if host.is_empty() {
             return Err(err("empty host"));
+        }
+        if !valid_host(host) {
+            return Err(err("host is not a DNS name or IP address"));
+        }
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("port is not a number 1-65535"));
         }
         let port: u16 = port.parse().map_err(|_| err("port is not a number 1-65535"))?;
         if port == 0 {
@@ -271,12 +298,46 @@ impl InstanceState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// The root of the replication tree.
+    /// The master the Raft group recorded, or else the root of the replication tree.
     Master,
     /// Replicates from another instance of the cluster.
     Replica,
+    /// A master a recovery replaced, not (yet) replicating from the new one: dead, or
+    /// back and fenced until it rejoins.
+    FormerMaster,
     /// Never probed successfully, so its place is not known.
     Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+            Role::FormerMaster => "former_master",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// What discovery takes from the Raft group's decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub clusters: Vec<RegisteredCluster>,
+    /// Instances operators added: discovered by every peer.
+    pub seeds: BTreeSet<InstanceKey>,
+    /// Instances operators forgot: tracked by no peer until discovered again.
+    pub forgotten: BTreeSet<InstanceKey>,
+}
+
+/// A cluster the Raft group registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredCluster {
+    pub alias: String,
+    /// The master the group recorded: the alias follows it through every recovery.
+    pub master: InstanceKey,
+    /// Masters that recoveries of this cluster replaced.
+    pub former: BTreeSet<InstanceKey>,
 }
 
 /// One instance as shown inside a cluster snapshot.
@@ -288,12 +349,14 @@ pub struct ClusterInstance {
 }
 
 /// A cluster as this peer sees it at one moment: the master and everything that
-/// replicates from it, directly or through intermediate masters.
+/// replicates from it, directly or through intermediate masters, and the masters
+/// recoveries replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSnapshot {
     /// Operator-given name, or the master's `host:port`.
     pub alias: String,
-    /// The root of the replication tree.
+    /// The master the Raft group recorded for a registered cluster; otherwise the root
+    /// of the replication tree.
     pub master: InstanceKey,
     pub instances: Vec<ClusterInstance>,
     pub taken_unix_ms: i64,
@@ -307,47 +370,99 @@ impl ClusterSnapshot {
     pub fn reachable_count(&self) -> usize {
         self.instances.iter().filter(|i| i.state.reachable).count()
     }
+
+    /// Every instance but the master and the former masters: what a recovery repoints.
+    pub fn replica_keys(&self) -> Vec<InstanceKey> {
+        self.instances
+            .iter()
+            .filter(|i| i.state.key != self.master && i.role != Role::FormerMaster)
+            .map(|i| i.state.key.clone())
+            .collect()
+    }
 }
 
 /// Groups instances into clusters by following each one's replication source up to a
 /// root. A root is an instance that replicates from nobody, one whose source is not
 /// known to discovery, or the smallest key of a replication cycle (co-masters).
 ///
-/// `aliases` maps an alias to seed keys: a cluster holding any seed of an alias takes
-/// that alias; otherwise its alias is the master's key. Output is sorted by alias.
+/// A cluster the Raft group registered (`registry`) takes the tree holding its recorded
+/// master, and the trees rooted at its former masters join it: right after a failover
+/// the new master and its replicas carry the alias, and the dead old master is shown
+/// beside them as [`Role::FormerMaster`]. Other trees take the alias of a configured
+/// seed they hold (`aliases`, earliest seed first), or else the root's key. Output is
+/// sorted by alias.
 pub fn build_clusters(
     instances: &BTreeMap<InstanceKey, InstanceState>,
     aliases: &[(String, Vec<InstanceKey>)],
+    registry: &Registry,
     taken_unix_ms: i64,
 ) -> Vec<ClusterSnapshot> {
     let mut members: BTreeMap<InstanceKey, Vec<InstanceKey>> = BTreeMap::new();
     for key in instances.keys() {
         members.entry(root_of(key, instances)).or_default().push(key.clone());
     }
-    // Each alias goes to one cluster: the one holding its earliest seed.
-    let mut alias_of: BTreeMap<&InstanceKey, &str> = BTreeMap::new();
+    // Which alias each tree (by root) belongs to.
+    let mut alias_of: BTreeMap<InstanceKey, String> = BTreeMap::new();
+    // Registered aliases placed, with their recorded master and former masters.
+    let mut registered: BTreeMap<String, (&InstanceKey, &BTreeSet<InstanceKey>)> = BTreeMap::new();
+    for rc in &registry.clusters {
+        if !instances.contains_key(&rc.master) || registered.contains_key(&rc.alias) {
+            continue;
+        }
+        let root = root_of(&rc.master, instances);
+        if alias_of.contains_key(&root) {
+            continue;
+        }
+        alias_of.insert(root, rc.alias.clone());
+        registered.insert(rc.alias.clone(), (&rc.master, &rc.former));
+    }
+    for rc in &registry.clusters {
+        if registered.get(&rc.alias).is_none_or(|(m, _)| *m != &rc.master) {
+            continue;
+        }
+        for former in &rc.former {
+            if members.contains_key(former) && !alias_of.contains_key(former) {
+                alias_of.insert(former.clone(), rc.alias.clone());
+            }
+        }
+    }
     for (alias, seeds) in aliases {
+        if alias_of.values().any(|a| a == alias) {
+            continue;
+        }
         let root = seeds.iter().find_map(|s| {
             members
                 .iter()
-                .find(|(root, keys)| keys.contains(s) && !alias_of.contains_key(root))
+                .find(|(root, keys)| keys.contains(s) && !alias_of.contains_key(*root))
                 .map(|(r, _)| r)
         });
         if let Some(root) = root {
-            alias_of.insert(root, alias);
+            alias_of.insert(root.clone(), alias.clone());
         }
     }
-    let alias_of: BTreeMap<InstanceKey, String> =
-        alias_of.into_iter().map(|(k, a)| (k.clone(), a.to_string())).collect();
-    let mut clusters: Vec<ClusterSnapshot> = members
+    let mut grouped: BTreeMap<String, Vec<InstanceKey>> = BTreeMap::new();
+    for root in members.keys() {
+        let alias = alias_of.get(root).cloned().unwrap_or_else(|| root.to_string());
+        grouped.entry(alias).or_default().push(root.clone());
+    }
+    let mut clusters: Vec<ClusterSnapshot> = grouped
         .into_iter()
-        .map(|(root, keys)| {
-            let alias = alias_of.get(&root).cloned().unwrap_or_else(|| root.to_string());
+        .map(|(alias, roots)| {
+            let (master, former) = match registered.get(&alias) {
+                Some((master, former)) => ((*master).clone(), Some(*former)),
+                None => (roots[0].clone(), None),
+            };
+            let mut keys: Vec<&InstanceKey> = roots.iter().flat_map(|r| &members[r]).collect();
+            keys.sort();
             let instances = keys
-                .iter()
+                .into_iter()
                 .map(|k| {
                     let state = instances[k].clone();
-                    let role = if k == &root {
+                    let role = if k == &master {
+                        Role::Master
+                    } else if roots.contains(k) && former.is_some_and(|f| f.contains(k)) {
+                        Role::FormerMaster
+                    } else if roots.contains(k) {
                         Role::Master
                     } else if state.last_probe.is_none() {
                         Role::Unknown
@@ -357,7 +472,7 @@ pub fn build_clusters(
                     ClusterInstance { role, state }
                 })
                 .collect();
-            ClusterSnapshot { alias, master: root, instances, taken_unix_ms }
+            ClusterSnapshot { alias, master, instances, taken_unix_ms }
         })
         .collect();
     clusters.sort_by(|a, b| a.alias.cmp(&b.alias));
@@ -470,6 +585,76 @@ mod tests {
             let err = bad.parse::<InstanceKey>().unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
+        assert_eq!(key("[::1]:3306").host, "[::1]");
+        assert_eq!(key("db_1.example:3306").host, "db_1.example");
+        let long = format!("{}:1", "a".repeat(300));
+        for bad in [
+            "a b:1",
+            "h/x:1",
+            "h:+1",
+            "h: 1",
+            "h..x:1",
+            ".h:1",
+            "[zz]:1",
+            "::1:3306",
+            "h:1:2",
+            "h\n:1",
+            long.as_str(),
+        ] {
+            assert!(bad.parse::<InstanceKey>().is_err(), "`{bad}` must be refused");
+        }
+    }
+
+    fn registry(alias: &str, master: &str, former: &[&str]) -> Registry {
+        Registry {
+            clusters: vec![RegisteredCluster {
+                alias: alias.into(),
+                master: key(master),
+                former: former.iter().map(|f| key(f)).collect(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_alias_follows_the_recorded_master_and_shows_the_former_one() {
+        let mut dead = probed("a:1", None);
+        dead.reachable = false;
+        // After a failover to b: the old master a is dead (its last probe: a master), b
+        // is promoted and c already follows it.
+        let states = map(vec![dead.clone(), probed("b:1", None), probed("c:1", Some("b:1"))]);
+        let aliases = vec![("main".to_string(), vec![key("a:1")])];
+        let after = build_clusters(&states, &aliases, &registry("main", "b:1", &["a:1"]), 0);
+        let want = vec![(
+            "main".to_string(),
+            "b:1".to_string(),
+            vec![
+                ("a:1".into(), Role::FormerMaster),
+                ("b:1".into(), Role::Master),
+                ("c:1".into(), Role::Replica),
+            ],
+        )];
+        assert_eq!(shape(&after), want);
+        // Before anyone looked again: b and c still name a as their source.
+        let stale = map(vec![dead, probed("b:1", Some("a:1")), probed("c:1", Some("a:1"))]);
+        assert_eq!(shape(&build_clusters(&stale, &aliases, &registry("main", "b:1", &["a:1"]), 0)), want);
+        // The old master rejoined as a replica: an ordinary replica again.
+        let rejoined = map(vec![probed("a:1", Some("b:1")), probed("b:1", None), probed("c:1", Some("b:1"))]);
+        let c = build_clusters(&rejoined, &aliases, &registry("main", "b:1", &["a:1"]), 0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].instance(&key("a:1")).unwrap().role, Role::Replica);
+        assert_eq!(c[0].replica_keys(), vec![key("a:1"), key("c:1")]);
+        // Without the registry, the seed alias goes to the dead master alone.
+        let unregistered = build_clusters(&states, &aliases, &Registry::default(), 0);
+        assert_eq!(unregistered.iter().find(|c| c.alias == "main").unwrap().instances.len(), 1);
+    }
+
+    #[test]
+    fn a_registered_master_not_yet_discovered_leaves_the_seed_alias() {
+        let states = map(vec![probed("a:1", None), probed("c:1", Some("a:1"))]);
+        let aliases = vec![("main".to_string(), vec![key("a:1")])];
+        let c = build_clusters(&states, &aliases, &registry("main", "z:1", &[]), 0);
+        assert_eq!((c[0].alias.as_str(), c[0].master.to_string()), ("main", "a:1".to_string()));
     }
 
     #[test]
@@ -494,7 +679,7 @@ mod tests {
             probed("b:3306", Some("a:3306")),
             probed("c:3306", Some("a:3306")),
         ]);
-        let clusters = build_clusters(&states, &[], 7);
+        let clusters = build_clusters(&states, &[], &Registry::default(), 7);
         assert_eq!(
             shape(&clusters),
             vec![(
@@ -519,7 +704,7 @@ mod tests {
             probed("x:1", None),
         ]);
         let aliases = vec![("main".to_string(), vec![key("c:1")])];
-        let clusters = build_clusters(&states, &aliases, 0);
+        let clusters = build_clusters(&states, &aliases, &Registry::default(), 0);
         assert_eq!(clusters.len(), 2);
         assert_eq!(clusters[0].alias, "main");
         assert_eq!(clusters[0].master, key("a:1"));
@@ -532,7 +717,7 @@ mod tests {
         // After a failover: b is the new master (pinned first), a the old one, alone.
         let states = map(vec![probed("a:1", None), probed("b:1", None), probed("c:1", Some("b:1"))]);
         let aliases = vec![("main".to_string(), vec![key("b:1"), key("a:1")])];
-        let clusters = build_clusters(&states, &aliases, 0);
+        let clusters = build_clusters(&states, &aliases, &Registry::default(), 0);
         assert_eq!(clusters.len(), 2);
         let main: Vec<_> = clusters.iter().filter(|c| c.alias == "main").collect();
         assert_eq!(main.len(), 1);
@@ -546,7 +731,7 @@ mod tests {
         master.reachable = false;
         master.last_error = Some("connection refused".into());
         let states = map(vec![master, probed("b:1", Some("a:1"))]);
-        let clusters = build_clusters(&states, &[], 0);
+        let clusters = build_clusters(&states, &[], &Registry::default(), 0);
         assert_eq!(clusters.len(), 1);
         assert_eq!(clusters[0].master, key("a:1"));
         assert_eq!(clusters[0].reachable_count(), 1);
@@ -556,19 +741,19 @@ mod tests {
     fn never_probed_instance_is_its_own_cluster_with_unknown_role_unless_referenced() {
         // A replica whose master was never probed: the master is root (referenced and known).
         let states = map(vec![InstanceState::new(key("a:1")), probed("b:1", Some("a:1"))]);
-        let clusters = build_clusters(&states, &[], 0);
+        let clusters = build_clusters(&states, &[], &Registry::default(), 0);
         assert_eq!(clusters.len(), 1);
         assert_eq!(clusters[0].instances[0].role, Role::Master);
         // A replica whose master discovery does not know: the replica is the root.
         let states = map(vec![probed("b:1", Some("gone:1"))]);
-        assert_eq!(build_clusters(&states, &[], 0)[0].master, key("b:1"));
+        assert_eq!(build_clusters(&states, &[], &Registry::default(), 0)[0].master, key("b:1"));
     }
 
     #[test]
     fn co_masters_pick_the_smallest_key() {
         let states =
             map(vec![probed("b:1", Some("a:1")), probed("a:1", Some("b:1")), probed("c:1", Some("b:1"))]);
-        let clusters = build_clusters(&states, &[], 0);
+        let clusters = build_clusters(&states, &[], &Registry::default(), 0);
         assert_eq!(clusters.len(), 1);
         assert_eq!(clusters[0].master, key("a:1"));
     }

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use mysql_async::prelude::Queryable;
 use orch_tests::mariadb::{APP_PASSWORD, APP_USER};
 use orch_tests::peer::http_client;
-use orch_tests::raft::{note, raft_state, rss_kib, wait_agreed_leader};
+use orch_tests::raft::{raft_state, rss_kib, wait_agreed_leader};
 use orch_tests::writer::Writer;
 use orch_tests::{aws, AwsBed, PeerBed, NLB_TIME_SCALE};
 
@@ -168,25 +168,26 @@ async fn raft(n: u8, rounds: usize, write_seconds: u64) -> anyhow::Result<()> {
 
     let all: Vec<_> = bed.peers.iter().collect();
     let leader = wait_agreed_leader(&all, Duration::from_secs(15)).await?;
-    let url = bed.peer(leader).url("/api/raft/apply");
+    // Each write is a typed operation (a downtime of a made-up instance): the
+    // operation's checks, its Raft commit and its audit entry (a second commit).
+    let base = bed.peer(leader).url("");
     for in_flight in [1usize, 16] {
         let deadline = Instant::now() + Duration::from_secs(write_seconds);
         let started = Instant::now();
         let mut latencies = Vec::new();
         let client = http_client();
         let workers = (0..in_flight).map(|w| {
-            let (client, url) = (client.clone(), url.clone());
+            let (client, base) = (client.clone(), base.clone());
             async move {
                 let mut lat = Vec::new();
-                let mut i = 0;
+                let mut i = 0u32;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let ok = client
-                        .post(&url)
-                        .json(&note(&format!("bench {w}-{i}")))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
+                    let url = format!(
+                        "{base}/api/begin-downtime/10.254.{w}.{}/3306/bench/w{w}-{i}/1h",
+                        i % 250 + 1
+                    );
+                    let ok = client.post(&url).send().await.is_ok_and(|r| r.status().is_success());
                     if ok {
                         lat.push(t.elapsed());
                     }
@@ -201,7 +202,7 @@ async fn raft(n: u8, rounds: usize, write_seconds: u64) -> anyhow::Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort();
         println!(
-            "writes through the leader, {in_flight:>2} in flight: {:.0} commands/s (commit latency p50 {}, p99 {})",
+            "operations through the leader, {in_flight:>2} in flight: {:.0}/s (latency p50 {}, p99 {})",
             latencies.len() as f64 / elapsed,
             ms(percentile(&latencies, 0.5)),
             ms(percentile(&latencies, 0.99))

@@ -1,0 +1,439 @@
+//! How answers are shown: tables for people (comfy-table), or the reply message as
+//! JSON (`-o json`), exactly as the API sent it.
+
+use comfy_table::{presets, Cell, ContentArrangement, Table};
+use orch_proto::v1 as pb;
+use serde::Serialize;
+
+/// `table` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Prints `value` as pretty JSON.
+pub fn json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("orchctl: cannot encode the answer as JSON: {e}"),
+    }
+}
+
+/// One JSON document per line (for `watch`).
+pub fn json_line<T: Serialize>(value: &T) {
+    if let Ok(text) = serde_json::to_string(value) {
+        println!("{text}");
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    t.set_header(header.iter().map(Cell::new));
+    t
+}
+
+/// `12:34:56` (UTC) of a Unix-millisecond time, or `-`.
+pub fn clock(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".into();
+    }
+    let secs = unix_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}")
+}
+
+/// `2026-12-01 12:34:56 UTC` of a Unix-millisecond time, or `-`.
+pub fn date_time(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".into();
+    }
+    let days = unix_ms.div_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {} UTC", clock(unix_ms))
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+pub fn status(s: &pb::StatusReply) {
+    let leader = if s.leader_id == 0 { "none known".to_string() } else { format!("peer {}", s.leader_id) };
+    println!(
+        "peer {} at {} (version {}), Raft {} in term {}, leader {}",
+        s.node_id, s.http_address, s.version, s.raft_role, s.raft_term, leader
+    );
+    println!(
+        "up {} s; {} instances in {} clusters; {}",
+        s.uptime_seconds,
+        s.known_instances,
+        s.clusters,
+        if s.quorum_contact { "in contact with a quorum" } else { "OUT OF CONTACT with a quorum" }
+    );
+    println!("you are {} ({})", s.caller, s.caller_scope);
+}
+
+pub fn clusters(r: &pb::ListClustersReply) {
+    let mut t = table(&["ALIAS", "MASTER", "RECORDED MASTER", "INSTANCES", "REACHABLE"]);
+    for c in &r.clusters {
+        t.add_row(vec![
+            c.alias.clone(),
+            c.master.clone(),
+            dash(&c.recorded_master).to_string(),
+            c.instances.to_string(),
+            c.reachable.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn topology(t: &pb::ClusterTopology) {
+    let mut line = format!("cluster {} (master {}", t.alias, t.master);
+    if !t.recorded_master.is_empty() && t.recorded_master != t.master {
+        line += &format!(", Raft records {}", t.recorded_master);
+    }
+    if t.open_recovery_id != 0 {
+        line += &format!(", RECOVERY {} RUNNING", t.open_recovery_id);
+    }
+    println!("{line}, epoch {})", t.fencing_epoch);
+    let mut table =
+        table(&["INSTANCE", "ROLE", "STATE", "RO", "IO/SQL", "LAG", "SOURCE", "NOTES", "GTID EXECUTED"]);
+    for i in &t.instances {
+        let (threads, lag, source) = match &i.replication {
+            Some(r) => (
+                format!("{}/{}", r.io_thread, r.sql_thread),
+                if r.seconds_behind < 0 { "-".to_string() } else { format!("{}s", r.seconds_behind) },
+                r.source.clone(),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let mut notes = Vec::new();
+        if i.downtimed {
+            notes.push("downtimed".to_string());
+        }
+        if i.promotion_rule != "neutral" && !i.promotion_rule.is_empty() {
+            notes.push(i.promotion_rule.clone());
+        }
+        table.add_row(vec![
+            i.key.clone(),
+            i.role.clone(),
+            if i.reachable { "up".into() } else { "UNREACHABLE".into() },
+            if i.read_only { "yes".into() } else { "no".into() },
+            threads,
+            lag,
+            source,
+            dash(&notes.join(",")).to_string(),
+            i.gtid_executed.clone(),
+        ]);
+    }
+    println!("{table}");
+    for i in &t.instances {
+        if !i.last_error.is_empty() {
+            println!("  {}: {}", i.key, i.last_error);
+        }
+        if let Some(r) = &i.replication {
+            for e in [&r.last_io_error, &r.last_sql_error] {
+                if !e.is_empty() {
+                    println!("  {}: replication: {e}", i.key);
+                }
+            }
+        }
+    }
+}
+
+pub fn instance(i: &pb::Instance) {
+    let mut t = table(&["FIELD", "VALUE"]);
+    let r = i.replication.clone().unwrap_or_default();
+    let rows: Vec<(&str, String)> = vec![
+        ("instance", i.key.clone()),
+        ("role", i.role.clone()),
+        ("reachable", i.reachable.to_string()),
+        ("error", dash(&i.last_error).to_string()),
+        ("version", format!("{} ({})", i.version, i.flavor)),
+        ("server_id", i.server_id.to_string()),
+        ("read_only", i.read_only.to_string()),
+        ("source", dash(&r.source).to_string()),
+        (
+            "io/sql",
+            if i.replication.is_some() { format!("{}/{}", r.io_thread, r.sql_thread) } else { "-".into() },
+        ),
+        (
+            "lag",
+            if r.seconds_behind < 0 || i.replication.is_none() {
+                "-".into()
+            } else {
+                format!("{} s", r.seconds_behind)
+            },
+        ),
+        ("gtid executed", i.gtid_executed.clone()),
+        ("gtid received", dash(&i.gtid_received).to_string()),
+        ("replicas", dash(&i.replicas.join(", ")).to_string()),
+        ("semi-sync", format!("master {}, replica {}", i.semi_sync_master, i.semi_sync_replica)),
+        ("downtimed", i.downtimed.to_string()),
+        ("promotion rule", i.promotion_rule.clone()),
+        ("last checked", date_time(i.last_checked_unix_ms)),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
+}
+
+pub fn problems(r: &pb::ListProblemsReply) {
+    if r.problems.is_empty() {
+        println!("no problems (leader's analysis at {})", clock(r.checked_unix_ms));
+        return;
+    }
+    let mut t = table(&["CLUSTER", "CODE", "INSTANCE", "REASON"]);
+    for p in &r.problems {
+        t.add_row(vec![p.cluster.clone(), p.code.clone(), p.instance.clone(), p.reason.clone()]);
+    }
+    println!("{t}");
+}
+
+pub fn plan(p: &pb::RecoveryPlan) {
+    println!(
+        "dry run of a {} of cluster {} (master {}): nothing was changed",
+        p.kind.replace('_', " "),
+        p.cluster,
+        p.master
+    );
+    if p.candidate.is_empty() {
+        println!("would be REFUSED: {}", p.refused);
+    } else {
+        println!("would promote {}", p.candidate);
+        if !p.donor.is_empty() {
+            println!("after it catches up from {}", p.donor);
+        }
+        if !p.repoint.is_empty() {
+            println!("and repoint {}", p.repoint.join(", "));
+        }
+    }
+    if !p.passed_over.is_empty() {
+        let mut t = table(&["PASSED OVER", "WHY"]);
+        for o in &p.passed_over {
+            t.add_row(vec![o.instance.clone(), o.reason.clone()]);
+        }
+        println!("{t}");
+    }
+}
+
+pub fn recovery(r: &pb::Recovery) {
+    let by = if r.requested_by.is_empty() {
+        "automatic".to_string()
+    } else {
+        format!("requested by {}", r.requested_by)
+    };
+    println!(
+        "recovery {} of {}: {} ({}, {by}), {}",
+        r.id,
+        r.cluster,
+        r.kind.replace('_', " "),
+        r.status,
+        r.summary
+    );
+    println!(
+        "failed master {}, new master {}, epoch {}, started {}, ended {}",
+        dash(&r.failed_master),
+        dash(&r.new_master),
+        r.epoch,
+        date_time(r.started_unix_ms),
+        date_time(r.ended_unix_ms)
+    );
+    println!("reason: {}", r.reason);
+    if r.writable_after_ms > 0 {
+        println!("new master writable {} ms after the start", r.writable_after_ms);
+    }
+    if !r.acknowledged_by.is_empty() {
+        println!("acknowledged by {}: {}", r.acknowledged_by, dash(&r.acknowledge_comment));
+    }
+    for s in &r.steps {
+        println!("  {:>6} ms  {}", s.at_ms, s.text);
+    }
+}
+
+pub fn recoveries(r: &pb::ListRecoveriesReply) {
+    let mut t =
+        table(&["ID", "CLUSTER", "KIND", "STATUS", "STARTED", "FAILED MASTER", "NEW MASTER", "BY", "ACK"]);
+    for x in &r.recoveries {
+        t.add_row(vec![
+            x.id.to_string(),
+            x.cluster.clone(),
+            x.kind.clone(),
+            x.status.clone(),
+            date_time(x.started_unix_ms),
+            dash(&x.failed_master).to_string(),
+            dash(&x.new_master).to_string(),
+            if x.requested_by.is_empty() { "auto".into() } else { x.requested_by.clone() },
+            dash(&x.acknowledged_by).to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn downtimes(r: &pb::ListDowntimesReply) {
+    if r.downtimes.is_empty() {
+        println!("no downtime in force");
+        return;
+    }
+    let mut t = table(&["INSTANCE", "OWNER", "UNTIL", "REASON"]);
+    for d in &r.downtimes {
+        t.add_row(vec![d.instance.clone(), d.owner.clone(), date_time(d.until_unix_ms), d.reason.clone()]);
+    }
+    println!("{t}");
+}
+
+pub fn promotion_rules(r: &pb::ListPromotionRulesReply) {
+    if r.rules.is_empty() {
+        println!("every instance is neutral");
+        return;
+    }
+    let mut t = table(&["INSTANCE", "RULE"]);
+    for x in &r.rules {
+        t.add_row(vec![x.instance.clone(), x.rule.clone()]);
+    }
+    println!("{t}");
+}
+
+pub fn raft_state(s: &pb::RaftState) {
+    let leader = if s.leader_id == 0 {
+        "none known".to_string()
+    } else {
+        format!("{} ({})", s.leader_id, s.leader_http)
+    };
+    println!("peer {}: {} in term {}, leader {}", s.node_id, s.role, s.term, leader);
+    println!(
+        "log {} committed {} applied {}; {} other voters reachable; {}",
+        s.last_log_index,
+        s.committed_index,
+        s.applied_index,
+        s.reachable_peers,
+        if s.quorum_contact { "in contact with a quorum" } else { "OUT OF CONTACT with a quorum" }
+    );
+    raft_members(s);
+}
+
+pub fn raft_members(s: &pb::RaftState) {
+    let mut t = table(&["ID", "RAFT", "HTTP", "VOTER", "LEADER"]);
+    for m in &s.members {
+        t.add_row(vec![
+            m.id.to_string(),
+            m.raft.clone(),
+            m.http.clone(),
+            if m.voter { "yes".into() } else { "learner".into() },
+            if m.id == s.leader_id { "*".into() } else { String::new() },
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn aws(v: &pb::AwsView) {
+    for c in &v.clusters {
+        println!(
+            "cluster {}: {} (master_lock epoch {})",
+            c.cluster,
+            if c.converged { "target groups match Raft".to_string() } else { "CONVERGING".to_string() },
+            c.master_lock_epoch
+        );
+        let mut t = table(&["GROUP", "DESIRED", "REGISTERED"]);
+        t.add_row(vec![
+            "write (3306)".into(),
+            dash(&c.desired_write).to_string(),
+            dash(&c.write_targets.join(", ")).to_string(),
+        ]);
+        t.add_row(vec![
+            "read (3307)".into(),
+            dash(&c.desired_read.join(", ")).to_string(),
+            dash(&c.read_targets.join(", ")).to_string(),
+        ]);
+        println!("{t}");
+        if !c.last_error.is_empty() {
+            println!("  last error: {}", c.last_error);
+        }
+        if !c.mirror_rejected.is_empty() {
+            println!("  DynamoDB refused: {}", c.mirror_rejected);
+        }
+    }
+}
+
+pub fn audit(r: &pb::ListAuditReply) {
+    let mut t = table(&["TIME", "WHO", "FROM", "OPERATION", "ARGUMENTS", "RESULT", "DETAIL"]);
+    for e in &r.entries {
+        let args: Vec<String> = e
+            .arguments
+            .iter()
+            .filter(|a| !a.value.is_empty() && a.value != "false")
+            .map(|a| format!("{}={}", a.name, a.value))
+            .collect();
+        t.add_row(vec![
+            date_time(e.at_unix_ms),
+            e.who.clone(),
+            e.from.clone(),
+            e.operation.clone(),
+            args.join(" "),
+            e.result.clone(),
+            e.detail.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn operation(r: &pb::OperationReply) {
+    println!("{}", r.message);
+    if !r.warning.is_empty() {
+        println!("warning: {}", r.warning);
+    }
+}
+
+/// One watch event on one line.
+pub fn event(e: &pb::WatchEvent) {
+    use pb::watch_event::Event;
+    let at = clock(e.at_unix_ms);
+    match &e.event {
+        Some(Event::Topology(t)) => {
+            let down = t.instances.iter().filter(|i| !i.reachable).count();
+            println!(
+                "{at} topology {}: master {}, {} instances, {down} unreachable",
+                t.alias,
+                t.master,
+                t.instances.len()
+            );
+        }
+        Some(Event::Master(m)) => println!("{at} master {}: {} -> {}", m.cluster, m.previous, m.current),
+        Some(Event::Recovery(r)) => {
+            println!("{at} recovery {} of {}: {} {}", r.id, r.cluster, r.status, r.summary)
+        }
+        Some(Event::Problems(p)) if p.problems.is_empty() => println!("{at} problems {}: none", p.cluster),
+        Some(Event::Problems(p)) => {
+            let list: Vec<String> = p.problems.iter().map(|x| format!("{} {}", x.code, x.instance)).collect();
+            println!("{at} problems {}: {}", p.cluster, list.join(", "));
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(date_time(0), "-");
+        assert_eq!(date_time(1_796_000_000_000), "2026-11-30 00:53:20 UTC");
+        assert_eq!(clock(3_723_000), "01:02:03");
+    }
+}
