@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // print exactly what gRPC answers.
     tonic_prost_build::configure()
         .type_attribute(".orchestrator.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(".orchestrator.v1.WatchEvent.event", "#[serde(rename_all = \"snake_case\")]")
         .compile_protos(&["orchestrator.proto", "raft.proto"], &["."])?;
     println!("cargo:rerun-if-changed=orchestrator.proto");
     println!("cargo:rerun-if-changed=raft.proto");

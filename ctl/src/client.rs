@@ -209,8 +209,14 @@ impl Client {
             let client = OrchestratorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
             match f(client).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if try_next(&s, read_only) => {
+                Err(s) if try_next(&s, read_only) || (read_only && is_transport(&s)) => {
                     last = Some(format!("{endpoint}: {}", s.message().replace('\n', " ")));
+                }
+                Err(s) if is_transport(&s) => {
+                    return Err(CtlError::new(
+                        Exit::Unreachable,
+                        format!("cannot talk to {endpoint}: {} (TLS on one side only?)", s.message()),
+                    ))
                 }
                 Err(s) => return Err(CtlError::from_status(endpoint, &s)),
             }
@@ -251,6 +257,11 @@ impl Client {
             format!("no peer could answer; last: {}", last.unwrap_or_else(|| "no endpoint".into())),
         ))
     }
+}
+
+/// Whether the call failed below gRPC (the connection or HTTP/2), not in the peer.
+fn is_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 /// A transport error with its cause ("connection refused"), on one line.

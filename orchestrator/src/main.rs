@@ -268,7 +268,10 @@ async fn run() -> anyhow::Result<()> {
         let controller =
             AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config).map(Arc::new);
         if let Some(c) = &controller {
-            tracing::info!(endpoint = ?config.aws.endpoint_url, "managing NLB target groups and DynamoDB");
+            tracing::info!(
+                endpoint = %config.aws.endpoint_url.as_deref().unwrap_or("AWS"),
+                "managing NLB target groups and DynamoDB"
+            );
             tokio::spawn(c.clone().run(stop_rx.clone()));
         }
         controller

@@ -5,7 +5,7 @@
 //! - [`hosts`] reserves address blocks across processes;
 //! - [`process`] owns child processes and their cleanup;
 //! - [`mariadb`] builds GTID replication topologies;
-//! - [`peer`] runs orchestrator peers and talks to their API;
+//! - [`peer`] runs orchestrator peers and talks to their API; [`ctl`] runs `orchctl`;
 //! - [`raft`] reads and writes the peers' Raft group through that API;
 //! - [`netfault`] cuts the network between hosts (`nft`);
 //! - [`aws`] runs `moto_server` and creates a cluster's AWS side in it;
@@ -16,6 +16,7 @@
 //!   password the bed handed out: one found fails the test.
 
 pub mod aws;
+pub mod ctl;
 pub mod hosts;
 pub mod mariadb;
 pub mod netfault;
@@ -235,12 +236,23 @@ pub struct PeerBed {
 impl PeerBed {
     /// `n` peers on their own hosts, with the spec adjusted by `tune`.
     pub async fn start(n: u8, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<PeerBed> {
-        let hosts = HostBlock::reserve(n)?;
+        Self::start_with_spare(n, 0, tune).await
+    }
+
+    /// As [`PeerBed::start`], with `spare` more hosts reserved after the peers' (for
+    /// moto, or a peer that is not a member).
+    pub async fn start_with_spare(
+        n: u8,
+        spare: u8,
+        tune: impl FnOnce(&mut PeerGroupSpec),
+    ) -> anyhow::Result<PeerBed> {
+        let hosts = HostBlock::reserve(n + spare)?;
         let dir = test_dir("orch-peers-")?;
         let mut spec = PeerGroupSpec::raft_only();
         tune(&mut spec);
+        let peer_hosts: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
         let peers = peer::start_peers(
-            &hosts.hosts(),
+            &peer_hosts,
             &spec,
             dir.path(),
             hosts.state_dir(),

@@ -117,6 +117,10 @@ pub struct PeerGroupSpec {
     /// Extra lines for the `[auth]` section (e.g. `tokens_secret = "..."`).
     pub auth_settings: Vec<String>,
     pub raft_tls: RaftTls,
+    /// TLS on port 3000 too, with each node's certificate (needs [`RaftTls::Mutual`]).
+    pub api_tls: bool,
+    /// Raw TOML appended to every config (e.g. an `[aws]` section, more `[[auth.tokens]]`).
+    pub extra_config: Vec<String>,
 }
 
 /// What the peers need to manage a cluster's NLB target groups and DynamoDB table.
@@ -158,6 +162,8 @@ impl PeerGroupSpec {
             tokens: test_tokens(),
             auth_settings: Vec::new(),
             raft_tls: RaftTls::Mutual,
+            api_tls: false,
+            extra_config: Vec::new(),
         }
     }
 
@@ -179,6 +185,8 @@ pub struct Peer {
     lifetime: Lifetime,
     /// The simulated host's cgroup (see `hosts::HostCgroup`).
     pub cgroup: Option<PathBuf>,
+    /// Port 3000 speaks TLS (the plain HTTP helpers do not reach it).
+    pub api_tls: bool,
     process: Option<ManagedChild>,
 }
 
@@ -261,9 +269,15 @@ impl Peer {
             if self.pid().is_some_and(|p| !crate::process::pid_alive(p)) {
                 bail!("peer {} exited at start:\n{}", self.host, self.log_tail(20));
             }
-            let health = client.get(self.url("/api/health")).send().await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+            if self.api_tls {
+                if tokio::net::TcpStream::connect(self.http_address()).await.is_ok() {
+                    return Ok(());
+                }
+            } else {
+                let health = client.get(self.url("/api/health")).send().await;
+                if health.is_ok_and(|r| r.status().is_success()) {
+                    return Ok(());
+                }
             }
             if started.elapsed() > timeout {
                 bail!(
@@ -360,7 +374,14 @@ pub fn peer_config(
                 f.ca.display(),
                 f.cert.display(),
                 f.key.display()
-            )
+            );
+            if spec.api_tls {
+                s += &format!(
+                    "[tls.api]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
+                    f.cert.display(),
+                    f.key.display()
+                );
+            }
         }
         None => s += "[tls]\nraft_insecure = true\n\n",
     }
@@ -373,6 +394,9 @@ pub fn peer_config(
                 aws.cluster_id, aws.write_target_group_arn, aws.read_target_group_arn
             );
         }
+    }
+    for extra in &spec.extra_config {
+        s += &format!("\n{extra}\n");
     }
     s
 }
@@ -395,29 +419,57 @@ pub async fn start_peers(
     for (i, host) in hosts.iter().enumerate() {
         let id = i as u64 + 1;
         let base = dir.join(format!("peer-{host}"));
-        std::fs::create_dir_all(&base)?;
-        let config_path = base.join("orchestrator.toml");
         let files = tls.as_ref().map(|t| &t[i]);
-        std::fs::write(&config_path, peer_config(id, hosts, spec, &base.join("data"), files))?;
-        let mut peer = Peer {
+        let config = peer_config(id, hosts, spec, &base.join("data"), files);
+        let peer = spawn_peer(
+            &bin,
             id,
-            host: host.clone(),
-            config_path,
-            log_path: base.join("orchestrator.log"),
-            data_dir: base.join("data"),
-            binary: bin.clone(),
-            state_dir: state_dir.to_path_buf(),
+            host,
+            &base,
+            &config,
+            state_dir,
             lifetime,
-            cgroup: cgroups.get(i).cloned().flatten(),
-            process: None,
-        };
-        peer.spawn()?;
+            cgroups.get(i).cloned().flatten(),
+        )?;
         peers.push(peer);
     }
     for p in &peers {
         p.wait_healthy(Duration::from_secs(20)).await?;
     }
     Ok(peers)
+}
+
+/// Starts one peer with `config` (written to `base/orchestrator.toml`; data and log in
+/// `base`) without waiting for it.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_peer(
+    bin: &Path,
+    id: u64,
+    host: &str,
+    base: &Path,
+    config: &str,
+    state_dir: &Path,
+    lifetime: Lifetime,
+    cgroup: Option<PathBuf>,
+) -> anyhow::Result<Peer> {
+    std::fs::create_dir_all(base)?;
+    let config_path = base.join("orchestrator.toml");
+    std::fs::write(&config_path, config)?;
+    let mut peer = Peer {
+        id,
+        host: host.to_string(),
+        config_path,
+        log_path: base.join("orchestrator.log"),
+        data_dir: base.join("data"),
+        binary: bin.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+        lifetime,
+        cgroup,
+        api_tls: config.contains("[tls.api]"),
+        process: None,
+    };
+    peer.spawn()?;
+    Ok(peer)
 }
 
 /// An HTTP client that sends the test admin token.

@@ -112,6 +112,27 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
     bed.cluster.servers[0].kill();
     let (new_master, took) = wait_new_master(&bed, &old, Duration::from_secs(15)).await;
     eprintln!("kill -9: new master {new_master} recorded after {took:?}");
+    // On every peer the alias follows the recorded master at once: the new master and
+    // its replicas under the alias, the dead old master beside them as such.
+    for p in &bed.peers[1..] {
+        let url = p.url(&format!("/api/cluster/{ALIAS}"));
+        let shown = |c: &Value| {
+            let role_of = |k: &str| {
+                c["instances"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|i| i["key"] == k))
+                    .map(|i| i["role"].clone())
+            };
+            c["master"] == new_master.as_str()
+                && role_of(&new_master) == Some("master".into())
+                && role_of(&old) == Some("former_master".into())
+                && c["instances"].as_array().is_some_and(|a| a.len() == 3)
+        };
+        let (_, after) = poll_json(&url, Duration::from_secs(2), shown)
+            .await
+            .unwrap_or_else(|last| panic!("peer {} does not show {ALIAS} led by {new_master}: {last}", p.id));
+        eprintln!("peer {}: /api/cluster/{ALIAS} named the new master {after:?} after Raft did", p.id);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;
     assert_one_master(&bed, &new_master, &[0]).await;

@@ -108,7 +108,42 @@ pub fn router(state: AppState) -> Router {
         .merge(super::health::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Gives every HTTP error a JSON body `{"error": "..."}`, also those axum answers by
+/// itself (a path segment that is not UTF-8, a method a route does not take).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("application/grpc")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        t => crate::ops::one_line(t, 300),
+    };
+    let mut out = (parts.status, Json(json!({ "error": message }))).into_response();
+    for (name, value) in
+        parts.headers.iter().filter(|(n, _)| *n == header::ALLOW || *n == header::WWW_AUTHENTICATE)
+    {
+        out.headers_mut().insert(name, value.clone());
+    }
+    out
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -338,9 +373,17 @@ async fn add_peer(
     Extension(c): Extension<Caller>,
     body: Result<Json<AddPeerBody>, JsonRejection>,
 ) -> Response {
-    let op = body
-        .map_err(|e| OpError::InvalidArgument(format!("body: {}", e.body_text())))
-        .and_then(|Json(b)| add_peer_from_body(&b));
+    let op = match body {
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body: larger than {} KiB", MAX_BODY / 1024),
+            )
+            .into_response()
+        }
+        Err(e) => Err(OpError::InvalidArgument(format!("body: {}", e.body_text()))),
+        Ok(Json(b)) => add_peer_from_body(&b),
+    };
     run(&s, c, op).await
 }
 

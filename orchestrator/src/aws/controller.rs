@@ -489,8 +489,8 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
             Ok(PutOutcome::Written) => self.metrics.aws_mirror_write(item, "written"),
             Ok(PutOutcome::Rejected { stored }) => {
                 self.metrics.aws_mirror_write(item, "rejected");
-                let why =
-                    format!("{item} holds a newer decision ({stored:?}); this peer's write was refused");
+                let held = stored.map(|f| f.to_string()).unwrap_or_else(|| "unreadable".into());
+                let why = format!("{item} holds a newer decision ({held}); this peer's write was refused");
                 tracing::warn!(cluster = alias, "{why}");
                 status.mirror_rejected = Some(why);
             }

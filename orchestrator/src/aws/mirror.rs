@@ -32,6 +32,12 @@ pub struct Fence {
     pub raft_term: u64,
 }
 
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "epoch {}, Raft term {}", self.epoch, self.raft_term)
+    }
+}
+
 impl Fence {
     /// What [`FENCE_CONDITION`] lets through: may a write fenced `self` replace an item
     /// fenced `stored` (`None`: no item yet)?

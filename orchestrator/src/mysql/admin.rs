@@ -296,7 +296,11 @@ impl MysqlAdmin {
             match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(%instance, error = %e, "STOP SLAVE IO_THREAD failed"),
-                Err(_) => tracing::warn!(%instance, "STOP SLAVE IO_THREAD still running after {timeout:?}"),
+                Err(_) => tracing::warn!(
+                    %instance,
+                    "STOP SLAVE IO_THREAD still running after {} ms",
+                    timeout.as_millis()
+                ),
             }
         });
         Ok(())

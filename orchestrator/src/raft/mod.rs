@@ -35,6 +35,9 @@ use store::{AppliedState, LogStore, StateMachineStore};
 
 pub type NodeId = u64;
 
+/// How long a new peer may take to catch up before it is made a voter.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
 /// A member of the group as Raft stores it: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerNode {
@@ -473,23 +476,52 @@ impl RaftNode {
         }
     }
 
-    /// Adds a peer: first as a learner (it catches up), then as a voter.
+    /// Adds a peer: first as a learner, then, once it has caught up, as a voter. A
+    /// learner that does not catch up within [`CATCH_UP_LIMIT`] (unreachable, or
+    /// refusing our certificate) is removed again and the call fails.
     pub async fn add_peer(&self, id: NodeId, node: PeerNode) -> Result<u64, WriteError> {
         if !self.is_leader() {
             return Err(WriteError::NotLeader { leader: self.leader() });
         }
-        let timeout = Duration::from_millis(self.tuning.write_timeout_ms * 5);
-        let learner = tokio::time::timeout(timeout, self.raft.add_learner(id, node, true))
+        let timeout = Duration::from_millis(self.tuning.write_timeout_ms);
+        let address = node.raft.clone();
+        let learner = tokio::time::timeout(timeout, self.raft.add_learner(id, node, false))
             .await
             .map_err(|_| WriteError::NoQuorum(timeout))?
             .map_err(|e| WriteError::Raft(e.to_string()))?;
-        tracing::info!(peer = id, index = learner.log_id.index, "peer added as learner, promoting to voter");
+        tracing::info!(
+            peer = id,
+            index = learner.log_id.index,
+            "peer added as learner, waiting for it to catch up"
+        );
+        let target = learner.log_id.index;
+        let deadline = Instant::now() + CATCH_UP_LIMIT;
+        loop {
+            let matched =
+                self.metrics().replication.and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+            if matched.is_some_and(|m| m >= target) {
+                break;
+            }
+            if Instant::now() >= deadline || !self.is_leader() {
+                let _ = tokio::time::timeout(
+                    timeout,
+                    self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+                )
+                .await;
+                return Err(WriteError::Raft(format!(
+                    "peer {id} at {address} did not catch up within {} s: it is unreachable, or it refuses \
+                     this peer's certificate (another CA); it was not added",
+                    CATCH_UP_LIMIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let voters = tokio::time::timeout(
-            timeout,
+            timeout * 2,
             self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
         )
         .await
-        .map_err(|_| WriteError::NoQuorum(timeout))?
+        .map_err(|_| WriteError::NoQuorum(timeout * 2))?
         .map_err(|e| WriteError::Raft(e.to_string()))?;
         tracing::info!(peer = id, index = voters.log_id.index, "peer is a voter");
         Ok(voters.log_id.index)
@@ -663,7 +695,9 @@ async fn watch_raft(
             _ = ticks.tick() => {}
         }
         let m = changes.borrow().clone();
-        let membership = format!("{:?}", m.membership_config.membership().voter_ids().collect::<Vec<_>>());
+        let voters: Vec<String> =
+            m.membership_config.membership().voter_ids().map(|id| id.to_string()).collect();
+        let membership = voters.join(", ");
         let now = (m.state, m.current_leader, m.current_term, membership.clone());
         if last.as_ref() != Some(&now) {
             match &last {
@@ -675,7 +709,7 @@ async fn watch_raft(
             tracing::info!(
                 role = role_name(m.state),
                 term = m.current_term,
-                leader = ?m.current_leader,
+                leader = %m.current_leader.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
                 since_start_ms = started.elapsed().as_millis() as u64,
                 "Raft role"
             );

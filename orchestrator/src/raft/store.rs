@@ -375,7 +375,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => CommandResult::Done,
                 EntryPayload::Normal(proposal) => a.state.apply(&proposal),
                 EntryPayload::Membership(m) => {
-                    tracing::info!(index = entry.log_id.index, membership = ?m, "membership applied");
+                    tracing::info!(index = entry.log_id.index, membership = %m, "membership applied");
                     a.membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResult::Done
                 }

@@ -106,7 +106,7 @@ async fn run_hook(
     }
     let child = cmd.output();
     match tokio::time::timeout(timeout, child).await {
-        Err(_) => Err(format!("hook `{command}` still running after {timeout:?}, killed")),
+        Err(_) => Err(format!("hook `{command}` still running after {} ms, killed", timeout.as_millis())),
         Ok(Err(e)) => Err(format!("hook `{command}` could not start: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(format!(
