@@ -210,6 +210,9 @@ enum RaftCmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // `orchctl ... | head` ends quietly when the reader goes away, as CLI tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let code = match run(args).await {
         Ok(code) => code,

@@ -63,6 +63,14 @@ pub fn date_time(unix_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {} UTC", clock(unix_ms))
 }
 
+/// How long ago `unix_ms` was, as `0.4s ago` (this peer's last probe of an instance).
+fn age(now_unix_ms: i64, unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "never".into();
+    }
+    format!("{:.1}s ago", (now_unix_ms - unix_ms).max(0) as f64 / 1000.0)
+}
+
 fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -110,8 +118,22 @@ pub fn topology(t: &pb::ClusterTopology) {
         line += &format!(", RECOVERY {} RUNNING", t.open_recovery_id);
     }
     println!("{line}, epoch {})", t.fencing_epoch);
-    let mut table =
-        table(&["INSTANCE", "ROLE", "STATE", "RO", "IO/SQL", "LAG", "SOURCE", "NOTES", "GTID EXECUTED"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut table = table(&[
+        "INSTANCE",
+        "ROLE",
+        "STATE",
+        "RO",
+        "IO/SQL",
+        "LAG",
+        "SOURCE",
+        "NOTES",
+        "CHECKED",
+        "GTID EXECUTED",
+    ]);
     for i in &t.instances {
         let (threads, lag, source) = match &i.replication {
             Some(r) => (
@@ -137,6 +159,7 @@ pub fn topology(t: &pb::ClusterTopology) {
             lag,
             source,
             dash(&notes.join(",")).to_string(),
+            age(now, i.last_checked_unix_ms),
             i.gtid_executed.clone(),
         ]);
     }

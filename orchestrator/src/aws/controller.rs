@@ -267,9 +267,18 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
                 *d == desired && at.elapsed() < Duration::from_millis(self.settings.reconcile_interval_ms)
             })
         });
+        // What the mirror last did stays shown until a later write changes it.
+        let (lock_epoch, rejected) = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.get(alias).map(|p| (p.master_lock_epoch, p.mirror_rejected.clone())))
+            .unwrap_or_default();
         let mut status = ClusterAwsStatus {
             desired_write: desired.write.clone(),
             desired_read: desired.read.clone(),
+            master_lock_epoch: lock_epoch,
+            mirror_rejected: rejected,
             ..Default::default()
         };
         let matched = if fresh {
@@ -453,6 +462,7 @@ impl<C: TargetGroupApi + InstanceDirectory + LockTable + 'static> AwsController<
             self.record_mirror("master_lock", alias, &outcome, status);
             if outcome? == PutOutcome::Written {
                 status.master_lock_epoch = Some(fence.epoch);
+                status.mirror_rejected = None;
             }
             self.remember(alias, |p| p.master_lock = Some((lock.holder.clone(), fence, Instant::now())));
         }

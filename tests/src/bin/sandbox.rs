@@ -4,6 +4,10 @@
 //! holding the cluster's NLB, target groups and DynamoDB table, which the peers
 //! manage, and the NLB stand-in (3306 writes, 3307 reads). All left running in the
 //! background until `sandbox down`.
+//!
+//! It runs as production does: the peers require API tokens (an admin and a read-only
+//! one are made at `up`, kept in files under `tokens/`, hashed in the configs), and
+//! talk Raft over mutual TLS with certificates of a CA made for the sandbox (`tls/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +18,7 @@ use clap::{Parser, Subcommand};
 use orch_tests::aws::{self, ClusterResources, Moto};
 use orch_tests::hosts::HostBlock;
 use orch_tests::mariadb::MariaDbCluster;
-use orch_tests::peer::{self, get_json, poll_json, workspace_root, PeerAws, PeerGroupSpec};
+use orch_tests::peer::{self, client_with_token, workspace_root, PeerAws, PeerGroupSpec, TokenSpec};
 use orch_tests::process::{kill_recorded, Lifetime};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +63,11 @@ struct SandboxState {
     nlb_pid: u32,
     #[serde(default)]
     aws: Option<ClusterResources>,
+    /// Where the admin and the read-only API tokens are.
+    #[serde(default)]
+    admin_token_file: PathBuf,
+    #[serde(default)]
+    read_token_file: PathBuf,
 }
 
 impl SandboxState {
@@ -86,6 +95,58 @@ fn read_state(dir: &Path) -> Option<SandboxState> {
 }
 
 use orch_tests::process::pid_alive as alive;
+
+/// Writes a new random token to `path` (mode 0600) and returns it.
+fn new_token_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = orchestrator::auth::tokens::generate();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}
+
+/// GET a JSON document from a peer with the sandbox's read-only token.
+async fn get_json(state: &SandboxState, url: &str) -> anyhow::Result<serde_json::Value> {
+    let token = std::fs::read_to_string(&state.read_token_file).unwrap_or_default();
+    let resp =
+        client_with_token(Some(token.trim())).get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value =
+        resp.json().await.with_context(|| format!("GET {url}: body is not JSON"))?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Polls `url` until `accept` holds; the last answer as the error.
+async fn poll_json(
+    state: &SandboxState,
+    url: &str,
+    timeout: Duration,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> Result<Duration, serde_json::Value> {
+    let started = std::time::Instant::now();
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(v) = get_json(state, url).await {
+            if accept(&v) {
+                return Ok(started.elapsed());
+            }
+            last = v;
+        }
+        if started.elapsed() > timeout {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -131,9 +192,18 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         .await
         .context("starting MariaDB")?;
     println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
-    println!("starting 3 orchestrator peers (ports 3000 and 10008) ...");
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let (admin_token_file, read_token_file) = (tokens.join("admin.token"), tokens.join("read.token"));
+    let admin = new_token_file(&admin_token_file)?;
+    let read = new_token_file(&read_token_file)?;
+    println!("starting 3 orchestrator peers (ports 3000 and 10008, Raft over mutual TLS) ...");
     let mut spec = PeerGroupSpec::new(ALIAS, vec![cluster.master().key()]);
     spec.aws = Some(PeerAws::new(&moto.endpoint, &resources));
+    spec.tokens = vec![
+        TokenSpec::new("sandbox-admin", "admin", &admin),
+        TokenSpec::new("sandbox-reader", "read", &read),
+    ];
     let mut peers = peer::start_peers(&hosts, &spec, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
         .context("starting orchestrator peers")?;
@@ -145,6 +215,8 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         moto_pid: moto.detach(),
         nlb_pid: 0,
         aws: Some(resources.clone()),
+        admin_token_file,
+        read_token_file,
     };
     std::fs::write(state_path(dir), serde_json::to_string_pretty(&state)?)?;
     let mut nlb = Command::new(std::env::current_exe()?);
@@ -166,12 +238,14 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
             .as_array()
             .is_some_and(|i| i.len() == hosts.len() && i.iter().all(|i| i["reachable"] == true))
     };
-    match poll_json(&url, Duration::from_secs(20), discovered).await {
-        Ok((_, took)) => println!("topology discovered in {:.1} s\n", took.as_secs_f64()),
+    match poll_json(&state, &url, Duration::from_secs(20), discovered).await {
+        Ok(took) => println!("topology discovered in {:.1} s\n", took.as_secs_f64()),
         Err(last) => bail!("peers did not discover the topology within 20 s; last answer: {last}"),
     }
     let raft_url = format!("http://{}:3000/api/raft-state", hosts[0]);
-    if let Err(last) = poll_json(&raft_url, Duration::from_secs(10), |s| s["leader_id"].is_u64()).await {
+    if let Err(last) =
+        poll_json(&state, &raft_url, Duration::from_secs(10), |s| s["leader_id"].is_u64()).await
+    {
         bail!("the peers elected no Raft leader within 10 s; last answer: {last}");
     }
     match aws::wait_members(
@@ -216,9 +290,22 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("{host:<12} {:<22} {:<22}", show(state.mariadbd_pids.get(i)), show(state.peer_pids.get(i)));
     }
     println!();
-    println!("web UI:        http://{}:3000/", state.hosts[0]);
-    println!("clusters:      curl http://{}:3000/api/clusters", state.hosts[0]);
-    println!("topology:      curl http://{}:3000/api/cluster/{ALIAS}", state.hosts[0]);
+    let endpoints: Vec<String> = state.hosts.iter().map(|h| format!("{h}:3000")).collect();
+    let ctl = workspace_root().join("target/debug/orchctl");
+    println!("admin token:     {}", state.admin_token_file.display());
+    println!("read-only token: {}", state.read_token_file.display());
+    println!(
+        "orchctl:       {} --endpoints {} --token-file {} topology {ALIAS}",
+        ctl.display(),
+        endpoints.join(","),
+        state.admin_token_file.display()
+    );
+    println!("web UI:        http://{}:3000/   (log in with a token)", state.hosts[0]);
+    println!(
+        "clusters:      curl -H \"Authorization: Bearer $(cat {})\" http://{}:3000/api/clusters",
+        state.read_token_file.display(),
+        state.hosts[0]
+    );
     println!("metrics:       curl http://{}:3000/metrics", state.hosts[0]);
     println!("mysql:         mariadb -h {} -u app -papp-pass app", state.hosts[0]);
     if !state.aws_host.is_empty() {
@@ -239,7 +326,7 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("no orchestrator peer is running.");
         return Ok(());
     };
-    match get_json(&format!("http://{host}:3000/api/raft-state")).await {
+    match get_json(&state, &format!("http://{host}:3000/api/raft-state")).await {
         Ok(r) => println!(
             "raft:          leader peer {} (term {}, commit index {}, {} members)\n",
             r["leader_id"].as_u64().map(|id| id.to_string()).unwrap_or_else(|| "none yet".into()),
@@ -251,13 +338,17 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     }
     let ctl = peer::binary("orchctl")?;
     let out = Command::new(ctl)
-        .args(["--addr", &format!("{host}:3000"), "topology", ALIAS])
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .arg("--token-file")
+        .arg(&state.read_token_file)
+        .args(["topology", ALIAS])
         .output()
         .context("cannot run orchctl")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        let clusters = get_json(&format!("http://{host}:3000/api/clusters")).await?;
+        let clusters = get_json(&state, &format!("http://{host}:3000/api/clusters")).await?;
         println!("clusters known to {host}: {clusters}");
     }
     Ok(())
