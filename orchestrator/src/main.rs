@@ -114,6 +114,18 @@ fn token_command(cmd: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warns when the config file holds a password inline and other users may read it.
+fn warn_if_readable(path: &Path, config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let inline = config.mysql.password.is_some()
+        || config.mysql.replication_password.is_some()
+        || config.mysql.write_check.as_ref().is_some_and(|w| !w.password.is_empty());
+    let readable = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+    if inline && readable {
+        tracing::warn!(config = %path.display(), "the config holds passwords and other users may read it: make it mode 0600");
+    }
+}
+
 /// The tokens of `[auth]`: hashes, token files, and the Secrets Manager secret.
 async fn load_tokens(config: &Config) -> anyhow::Result<TokenRegistry> {
     let auth = &config.auth;
@@ -163,6 +175,7 @@ async fn run() -> anyhow::Result<()> {
         println!("{}: ok", args.config.display());
         return Ok(());
     }
+    warn_if_readable(&args.config, &config);
     let tokens = Arc::new(load_tokens(&config).await?);
     if raft_tls.is_none() {
         tracing::warn!("Raft port without TLS (tls.raft_insecure): any host reaching it can send Raft RPCs");

@@ -806,6 +806,15 @@ mod tests {
             }),
             cluster.prop_map(|cluster| Command::BumpFencingEpoch { cluster }),
             any::<bool>().prop_map(|enabled| Command::SetRecoveriesEnabled { enabled }),
+            (1u64..6).prop_map(|id| Command::AcknowledgeRecovery {
+                id,
+                by: "o".into(),
+                comment: String::new()
+            }),
+            inst.clone().prop_map(|instance| Command::ForgetInstance { instance }),
+            inst.clone().prop_map(|instance| Command::AddSeed { instance }),
+            "[a-z]{0,8}"
+                .prop_map(|who| Command::RecordAudit { entry: AuditEntry { who, ..Default::default() } }),
         ]
     }
 
@@ -828,6 +837,9 @@ mod tests {
                 for cluster in ["x", "y"] {
                     prop_assert!(a.recoveries.iter().filter(|r| r.cluster == cluster && r.is_open()).count() <= 1);
                 }
+                prop_assert!(a.recoveries.iter().all(|r| r.acknowledged_by.is_none() || !r.is_open()), "a running recovery was acknowledged");
+                prop_assert!(a.seeds.iter().all(|k| !a.forgotten.contains_key(k)), "an instance both added and forgotten");
+                prop_assert!(a.audit.len() <= KEEP_AUDIT);
             }
             prop_assert_eq!(&a, &b);
             let json = serde_json::to_string(&a).unwrap();

@@ -455,6 +455,9 @@ pub fn spawn_peer(
     std::fs::create_dir_all(base)?;
     let config_path = base.join("orchestrator.toml");
     std::fs::write(&config_path, config)?;
+    // It holds MySQL passwords: readable by its owner only, as on a real host.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
     let mut peer = Peer {
         id,
         host: host.to_string(),

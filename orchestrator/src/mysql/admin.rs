@@ -336,8 +336,14 @@ impl MysqlAdmin {
             for sql in after {
                 match tokio::time::timeout(timeout, conn.query_drop(&sql)).await {
                     Ok(Ok(())) => {}
-                    other => {
-                        tracing::warn!(%instance, sql, ?other, "promoted master: clean-up statement failed");
+                    Ok(Err(e)) => {
+                        let error = redact_passwords(&e.to_string());
+                        tracing::warn!(%instance, sql, %error, "promoted master: clean-up statement failed");
+                        return;
+                    }
+                    Err(_) => {
+                        let waited = timeout.as_millis();
+                        tracing::warn!(%instance, sql, "promoted master: clean-up statement still running after {waited} ms");
                         return;
                     }
                 }

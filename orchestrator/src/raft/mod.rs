@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use orch_proto::raft::raft_client::RaftClient;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use crate::config::{Config, RaftTuning};
 use crate::discovery::DiscoveryHandle;
@@ -34,6 +36,9 @@ use service::{ForwardHandler, LeaderContact};
 use store::{AppliedState, LogStore, StateMachineStore};
 
 pub type NodeId = u64;
+
+/// Bound on opening a control channel to another peer.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// How long a new peer may take to catch up before it is made a voter.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
@@ -159,6 +164,10 @@ pub struct RaftNode {
     tuning: RaftTuning,
     /// How connections to other peers are made (source address, mutual TLS).
     connector: PeerConnector,
+    /// One control channel per peer, shared by pings, views, forwarded requests and
+    /// leadership transfers: kept warm by the pings, so a failover never waits for a
+    /// TCP and TLS handshake.
+    peer_clients: std::sync::Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
     /// Who answers operator requests other peers forward here.
     forward_handler: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
 }
@@ -262,6 +271,7 @@ impl RaftNode {
             quorum: Arc::new(QuorumMonitor::default()),
             tuning: config.raft.clone(),
             connector,
+            peer_clients: std::sync::Mutex::new(BTreeMap::new()),
             forward_handler,
         });
         tokio::spawn(watch_raft(node.clone(), metrics, shutdown.clone()));
@@ -319,6 +329,20 @@ impl RaftNode {
         &self.connector
     }
 
+    /// The shared control channel to member `id` (at its current address).
+    pub fn peer_client(&self, id: NodeId) -> Option<RaftClient<Channel>> {
+        let address = self.metrics().membership_config.membership().get_node(&id)?.raft.clone();
+        let mut clients = self.peer_clients.lock().ok()?;
+        if let Some((a, c)) = clients.get(&id) {
+            if *a == address {
+                return Some(c.clone());
+            }
+        }
+        let client = self.connector.channel(&address, PEER_CONNECT_TIMEOUT)?;
+        clients.insert(id, (address, client.clone()));
+        Some(client)
+    }
+
     /// Sets who answers requests other peers forward here (once, at start).
     pub fn set_forward_handler(&self, handler: Arc<dyn ForwardHandler>) {
         let _ = self.forward_handler.set(handler);
@@ -335,7 +359,7 @@ impl RaftNode {
         let Some(member) = member else {
             return Err(ForwardError::Unreachable(format!("peer {to} is not a member; nothing was done")));
         };
-        let Some(mut client) = self.connector.channel(&member.raft, Duration::from_millis(500)) else {
+        let Some(mut client) = self.peer_client(to) else {
             return Err(ForwardError::Unreachable(format!(
                 "peer {to} has an invalid address {}",
                 member.raft
@@ -371,8 +395,8 @@ impl RaftNode {
         }
         let lease = self.leader_lease();
         for _attempt in 0..3 {
-            if let Some((_, leader)) = self.leader().filter(|(id, _)| *id != self.id) {
-                if let Some(mut client) = self.connector.channel(&leader.raft, Duration::from_millis(300)) {
+            if let Some((leader, _)) = self.leader().filter(|(id, _)| *id != self.id) {
+                if let Some(mut client) = self.peer_client(leader) {
                     let pause =
                         orch_proto::raft::PauseHeartbeatsRequest { millis: (lease * 4).as_millis() as u64 };
                     let mut request = tonic::Request::new(pause);
@@ -634,32 +658,25 @@ async fn ping_peers(node: Arc<RaftNode>, mut shutdown: tokio::sync::watch::Recei
     let period = Duration::from_millis((node.tuning.heartbeat_interval_ms * 4).max(100));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clients: BTreeMap<
-        NodeId,
-        (String, orch_proto::raft::raft_client::RaftClient<tonic::transport::Channel>),
-    > = BTreeMap::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = ticks.tick() => {}
         }
-        let members: Vec<(NodeId, PeerNode)> = node
+        let members: Vec<NodeId> = node
             .metrics()
             .membership_config
             .membership()
             .nodes()
-            .filter(|(id, _)| **id != node.id)
-            .map(|(id, n)| (*id, n.clone()))
+            .map(|(id, _)| *id)
+            .filter(|id| *id != node.id)
             .collect();
-        clients.retain(|id, (addr, _)| members.iter().any(|(m, n)| m == id && &n.raft == addr));
-        for (id, n) in &members {
-            if !clients.contains_key(id) {
-                if let Some(c) = node.connector.channel(&n.raft, period) {
-                    clients.insert(*id, (n.raft.clone(), c));
-                }
-            }
+        if let Ok(mut clients) = node.peer_clients.lock() {
+            clients.retain(|id, _| members.contains(id));
         }
-        node.quorum.ping_round(node.id, &mut clients, period).await;
+        let clients: Vec<(NodeId, RaftClient<Channel>)> =
+            members.iter().filter_map(|id| node.peer_client(*id).map(|c| (*id, c))).collect();
+        node.quorum.ping_round(node.id, clients, period).await;
     }
 }
 

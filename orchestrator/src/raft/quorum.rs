@@ -46,16 +46,11 @@ impl QuorumMonitor {
     }
 
     /// Pings each of `peers` once, concurrently, each bounded by `timeout`.
-    pub async fn ping_round(
-        &self,
-        me: NodeId,
-        peers: &mut BTreeMap<NodeId, (String, RaftClient<Channel>)>,
-        timeout: Duration,
-    ) {
-        let calls = peers.iter_mut().map(|(id, (_, client))| async move {
+    pub async fn ping_round(&self, me: NodeId, peers: Vec<(NodeId, RaftClient<Channel>)>, timeout: Duration) {
+        let calls = peers.into_iter().map(|(id, mut client)| async move {
             let mut req = tonic::Request::new(PingRequest { from: me });
             req.set_timeout(timeout);
-            (*id, client.ping(req).await.is_ok())
+            (id, client.ping(req).await.is_ok())
         });
         for (id, ok) in futures::future::join_all(calls).await {
             if ok {

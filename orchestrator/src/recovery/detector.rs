@@ -79,7 +79,6 @@ pub struct RecoveryService {
     findings: Mutex<Findings>,
     /// One recovery at a time on this peer.
     busy: tokio::sync::Mutex<()>,
-    peer_clients: Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
     sentinels: Mutex<BTreeMap<InstanceKey, tokio::task::JoinHandle<()>>>,
     /// Problems already reported by hook/log, so each is announced once.
     announced: Mutex<BTreeSet<(String, AnalysisCode, InstanceKey)>>,
@@ -101,7 +100,6 @@ impl RecoveryService {
             hooks,
             findings: Mutex::new(Findings::default()),
             busy: tokio::sync::Mutex::new(()),
-            peer_clients: Mutex::new(BTreeMap::new()),
             sentinels: Mutex::new(BTreeMap::new()),
             announced: Mutex::new(BTreeSet::new()),
         }
@@ -254,24 +252,9 @@ impl RecoveryService {
             .filter(|m| m.voter && m.id != self.node.id)
             .map(|m| (m.id, m.raft))
             .collect();
-        let mut calls = Vec::new();
-        {
-            let Ok(mut clients) = self.peer_clients.lock() else { return Vec::new() };
-            for (id, addr) in members {
-                let stale = clients.get(&id).is_none_or(|(a, _)| a != &addr);
-                if stale {
-                    match self.node.connector().channel(&addr, Duration::from_millis(300)) {
-                        Some(c) => {
-                            clients.insert(id, (addr.clone(), c));
-                        }
-                        None => continue,
-                    }
-                }
-                if let Some((_, c)) = clients.get(&id) {
-                    calls.push((id, c.clone()));
-                }
-            }
-        }
+        // The shared control channels, kept connected by the pings: no handshake now.
+        let calls: Vec<(NodeId, RaftClient<Channel>)> =
+            members.into_iter().filter_map(|(id, _)| self.node.peer_client(id).map(|c| (id, c))).collect();
         let d = &self.config.discovery;
         let timeout = d.connect_timeout() + d.read_timeout() + Duration::from_millis(300);
         let asks = calls.into_iter().map(|(id, mut client)| {
@@ -342,7 +325,9 @@ impl RecoveryService {
                 {
                     match self.admin.fence(&p.instance).await {
                         Ok(()) => {
-                            tracing::warn!(instance = %p.instance, "fenced: writable but not the master")
+                            tracing::warn!(instance = %p.instance, "fenced: writable but not the master");
+                            // Seen read-only now, so the next look does not fence it again.
+                            self.discovery.observe(&p.instance).await;
                         }
                         Err(e) => tracing::error!(instance = %p.instance, error = %e, "cannot fence"),
                     }
@@ -566,7 +551,9 @@ impl RecoveryService {
             }
             match self.admin.replicate_from(old, current).await {
                 Ok(()) => {
-                    tracing::info!(instance = %old, master = %current, "former master rejoined as a replica")
+                    tracing::info!(instance = %old, master = %current, "former master rejoined as a replica");
+                    // Seen replicating now, so the next look does not rejoin it again.
+                    self.discovery.observe(old).await;
                 }
                 Err(e) => tracing::error!(instance = %old, error = %e, "cannot rejoin former master"),
             }
