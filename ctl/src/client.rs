@@ -269,7 +269,10 @@ fn connect_error(e: &tonic::transport::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text = format!("{text}: {s}");
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
         source = s.source();
     }
     text.replace('\n', " ")

@@ -3,8 +3,9 @@
 //! views, dry runs, confirmation before destructive operations, shell completions,
 //! and stable exit codes.
 
-mod client;
+#[macro_use]
 mod render;
+mod client;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -210,9 +211,6 @@ enum RaftCmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    // `orchctl ... | head` ends quietly when the reader goes away, as CLI tools do.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let code = match run(args).await {
         Ok(code) => code,
@@ -309,7 +307,9 @@ macro_rules! call {
 
 async fn run(args: Args) -> Result<Exit, CtlError> {
     if let Cmd::Completion { shell } = &args.command {
-        clap_complete::generate(*shell, &mut Args::command(), "orchctl", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Args::command(), "orchctl", &mut script);
+        render::say_raw(&String::from_utf8_lossy(&script));
         return Ok(Exit::Ok);
     }
     rustls::crypto::ring::default_provider().install_default().ok();
@@ -340,7 +340,7 @@ async fn run(args: Args) -> Result<Exit, CtlError> {
         }
         Cmd::Discover { instance } => {
             let r = call!(c, false, t, discover, pb::DiscoverRequest { instance: instance_arg(instance) })?;
-            print(out, &r, |r| println!("discovered {}: every peer follows it now", r.key));
+            print(out, &r, |r| say!("discovered {}: every peer follows it now", r.key));
         }
         Cmd::Forget { instance } => {
             let instance = instance_arg(instance);
@@ -409,7 +409,7 @@ async fn run(args: Args) -> Result<Exit, CtlError> {
         Cmd::GlobalRecoveries { action: SwitchAction::Status } => {
             let r = call!(c, true, t, get_global_recoveries, pb::GetGlobalRecoveriesRequest {})?;
             print(out, &r, |r| {
-                println!("automatic recoveries are {}", if r.enabled { "enabled" } else { "DISABLED" })
+                say!("automatic recoveries are {}", if r.enabled { "enabled" } else { "DISABLED" })
             });
         }
         Cmd::GlobalRecoveries { action } => {
@@ -422,7 +422,7 @@ async fn run(args: Args) -> Result<Exit, CtlError> {
             }
             let r = call!(c, false, t, set_global_recoveries, pb::SetGlobalRecoveriesRequest { enabled })?;
             print(out, &r, |r| {
-                println!("automatic recoveries {}", if r.enabled { "enabled" } else { "disabled" })
+                say!("automatic recoveries {}", if r.enabled { "enabled" } else { "disabled" })
             });
         }
         Cmd::Raft(RaftCmd::State) => {
@@ -581,9 +581,9 @@ async fn watch_topology(c: &Client, out: Output, alias: &str) -> Result<Exit, Ct
                     Output::Json => render::json_line(t),
                     Output::Table => {
                         if std::io::stdout().is_terminal() {
-                            print!("\x1b[2J\x1b[H");
+                            render::say_raw("\x1b[2J\x1b[H");
                         }
-                        println!("-- {} (from {endpoint})", render::date_time(e.at_unix_ms));
+                        say!("-- {} (from {endpoint})", render::date_time(e.at_unix_ms));
                         render::topology(t);
                     }
                 }

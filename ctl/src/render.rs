@@ -2,6 +2,17 @@
 //! JSON (`-o json`), exactly as the API sent it.
 
 use comfy_table::{presets, Cell, ContentArrangement, Table};
+
+/// `println!` to standard output; a reader that went away (`orchctl ... | head`) ends
+/// orchctl quietly instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 use orch_proto::v1 as pb;
 use serde::Serialize;
 
@@ -12,10 +23,18 @@ pub enum Output {
     Json,
 }
 
+/// Writes `text` to standard output as it is (no newline).
+pub fn say_raw(text: &str) {
+    use std::io::Write as _;
+    if write!(std::io::stdout(), "{text}").is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// Prints `value` as pretty JSON.
 pub fn json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => say!("{text}"),
         Err(e) => eprintln!("orchctl: cannot encode the answer as JSON: {e}"),
     }
 }
@@ -23,7 +42,7 @@ pub fn json<T: Serialize>(value: &T) {
 /// One JSON document per line (for `watch`).
 pub fn json_line<T: Serialize>(value: &T) {
     if let Ok(text) = serde_json::to_string(value) {
-        println!("{text}");
+        say!("{text}");
     }
 }
 
@@ -81,18 +100,23 @@ fn dash(s: &str) -> &str {
 
 pub fn status(s: &pb::StatusReply) {
     let leader = if s.leader_id == 0 { "none known".to_string() } else { format!("peer {}", s.leader_id) };
-    println!(
+    say!(
         "peer {} at {} (version {}), Raft {} in term {}, leader {}",
-        s.node_id, s.http_address, s.version, s.raft_role, s.raft_term, leader
+        s.node_id,
+        s.http_address,
+        s.version,
+        s.raft_role,
+        s.raft_term,
+        leader
     );
-    println!(
+    say!(
         "up {} s; {} instances in {} clusters; {}",
         s.uptime_seconds,
         s.known_instances,
         s.clusters,
         if s.quorum_contact { "in contact with a quorum" } else { "OUT OF CONTACT with a quorum" }
     );
-    println!("you are {} ({})", s.caller, s.caller_scope);
+    say!("you are {} ({})", s.caller, s.caller_scope);
 }
 
 pub fn clusters(r: &pb::ListClustersReply) {
@@ -106,7 +130,7 @@ pub fn clusters(r: &pb::ListClustersReply) {
             c.reachable.to_string(),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn topology(t: &pb::ClusterTopology) {
@@ -117,7 +141,7 @@ pub fn topology(t: &pb::ClusterTopology) {
     if t.open_recovery_id != 0 {
         line += &format!(", RECOVERY {} RUNNING", t.open_recovery_id);
     }
-    println!("{line}, epoch {})", t.fencing_epoch);
+    say!("{line}, epoch {})", t.fencing_epoch);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -163,15 +187,15 @@ pub fn topology(t: &pb::ClusterTopology) {
             i.gtid_executed.clone(),
         ]);
     }
-    println!("{table}");
+    say!("{table}");
     for i in &t.instances {
         if !i.last_error.is_empty() {
-            println!("  {}: {}", i.key, i.last_error);
+            say!("  {}: {}", i.key, i.last_error);
         }
         if let Some(r) = &i.replication {
             for e in [&r.last_io_error, &r.last_sql_error] {
                 if !e.is_empty() {
-                    println!("  {}: replication: {e}", i.key);
+                    say!("  {}: replication: {e}", i.key);
                 }
             }
         }
@@ -213,37 +237,37 @@ pub fn instance(i: &pb::Instance) {
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn problems(r: &pb::ListProblemsReply) {
     if r.problems.is_empty() {
-        println!("no problems (leader's analysis at {})", clock(r.checked_unix_ms));
+        say!("no problems (leader's analysis at {})", clock(r.checked_unix_ms));
         return;
     }
     let mut t = table(&["CLUSTER", "CODE", "INSTANCE", "REASON"]);
     for p in &r.problems {
         t.add_row(vec![p.cluster.clone(), p.code.clone(), p.instance.clone(), p.reason.clone()]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn plan(p: &pb::RecoveryPlan) {
-    println!(
+    say!(
         "dry run of a {} of cluster {} (master {}): nothing was changed",
         p.kind.replace('_', " "),
         p.cluster,
         p.master
     );
     if p.candidate.is_empty() {
-        println!("would be REFUSED: {}", p.refused);
+        say!("would be REFUSED: {}", p.refused);
     } else {
-        println!("would promote {}", p.candidate);
+        say!("would promote {}", p.candidate);
         if !p.donor.is_empty() {
-            println!("after it catches up from {}", p.donor);
+            say!("after it catches up from {}", p.donor);
         }
         if !p.repoint.is_empty() {
-            println!("and repoint {}", p.repoint.join(", "));
+            say!("and repoint {}", p.repoint.join(", "));
         }
     }
     if !p.passed_over.is_empty() {
@@ -251,7 +275,7 @@ pub fn plan(p: &pb::RecoveryPlan) {
         for o in &p.passed_over {
             t.add_row(vec![o.instance.clone(), o.reason.clone()]);
         }
-        println!("{t}");
+        say!("{t}");
     }
 }
 
@@ -261,7 +285,7 @@ pub fn recovery(r: &pb::Recovery) {
     } else {
         format!("requested by {}", r.requested_by)
     };
-    println!(
+    say!(
         "recovery {} of {}: {} ({}, {by}), {}",
         r.id,
         r.cluster,
@@ -269,7 +293,7 @@ pub fn recovery(r: &pb::Recovery) {
         r.status,
         r.summary
     );
-    println!(
+    say!(
         "failed master {}, new master {}, epoch {}, started {}, ended {}",
         dash(&r.failed_master),
         dash(&r.new_master),
@@ -277,15 +301,15 @@ pub fn recovery(r: &pb::Recovery) {
         date_time(r.started_unix_ms),
         date_time(r.ended_unix_ms)
     );
-    println!("reason: {}", r.reason);
+    say!("reason: {}", r.reason);
     if r.writable_after_ms > 0 {
-        println!("new master writable {} ms after the start", r.writable_after_ms);
+        say!("new master writable {} ms after the start", r.writable_after_ms);
     }
     if !r.acknowledged_by.is_empty() {
-        println!("acknowledged by {}: {}", r.acknowledged_by, dash(&r.acknowledge_comment));
+        say!("acknowledged by {}: {}", r.acknowledged_by, dash(&r.acknowledge_comment));
     }
     for s in &r.steps {
-        println!("  {:>6} ms  {}", s.at_ms, s.text);
+        say!("  {:>6} ms  {}", s.at_ms, s.text);
     }
 }
 
@@ -305,31 +329,31 @@ pub fn recoveries(r: &pb::ListRecoveriesReply) {
             dash(&x.acknowledged_by).to_string(),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn downtimes(r: &pb::ListDowntimesReply) {
     if r.downtimes.is_empty() {
-        println!("no downtime in force");
+        say!("no downtime in force");
         return;
     }
     let mut t = table(&["INSTANCE", "OWNER", "UNTIL", "REASON"]);
     for d in &r.downtimes {
         t.add_row(vec![d.instance.clone(), d.owner.clone(), date_time(d.until_unix_ms), d.reason.clone()]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn promotion_rules(r: &pb::ListPromotionRulesReply) {
     if r.rules.is_empty() {
-        println!("every instance is neutral");
+        say!("every instance is neutral");
         return;
     }
     let mut t = table(&["INSTANCE", "RULE"]);
     for x in &r.rules {
         t.add_row(vec![x.instance.clone(), x.rule.clone()]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn raft_state(s: &pb::RaftState) {
@@ -338,8 +362,8 @@ pub fn raft_state(s: &pb::RaftState) {
     } else {
         format!("{} ({})", s.leader_id, s.leader_http)
     };
-    println!("peer {}: {} in term {}, leader {}", s.node_id, s.role, s.term, leader);
-    println!(
+    say!("peer {}: {} in term {}, leader {}", s.node_id, s.role, s.term, leader);
+    say!(
         "log {} committed {} applied {}; {} other voters reachable; {}",
         s.last_log_index,
         s.committed_index,
@@ -361,12 +385,12 @@ pub fn raft_members(s: &pb::RaftState) {
             if m.id == s.leader_id { "*".into() } else { String::new() },
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn aws(v: &pb::AwsView) {
     for c in &v.clusters {
-        println!(
+        say!(
             "cluster {}: {} (master_lock epoch {})",
             c.cluster,
             if c.converged { "target groups match Raft".to_string() } else { "CONVERGING".to_string() },
@@ -383,12 +407,12 @@ pub fn aws(v: &pb::AwsView) {
             dash(&c.desired_read.join(", ")).to_string(),
             dash(&c.read_targets.join(", ")).to_string(),
         ]);
-        println!("{t}");
+        say!("{t}");
         if !c.last_error.is_empty() {
-            println!("  last error: {}", c.last_error);
+            say!("  last error: {}", c.last_error);
         }
         if !c.mirror_rejected.is_empty() {
-            println!("  DynamoDB refused: {}", c.mirror_rejected);
+            say!("  DynamoDB refused: {}", c.mirror_rejected);
         }
     }
 }
@@ -412,13 +436,13 @@ pub fn audit(r: &pb::ListAuditReply) {
             e.detail.clone(),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn operation(r: &pb::OperationReply) {
-    println!("{}", r.message);
+    say!("{}", r.message);
     if !r.warning.is_empty() {
-        println!("warning: {}", r.warning);
+        say!("warning: {}", r.warning);
     }
 }
 
@@ -429,21 +453,21 @@ pub fn event(e: &pb::WatchEvent) {
     match &e.event {
         Some(Event::Topology(t)) => {
             let down = t.instances.iter().filter(|i| !i.reachable).count();
-            println!(
+            say!(
                 "{at} topology {}: master {}, {} instances, {down} unreachable",
                 t.alias,
                 t.master,
                 t.instances.len()
             );
         }
-        Some(Event::Master(m)) => println!("{at} master {}: {} -> {}", m.cluster, m.previous, m.current),
+        Some(Event::Master(m)) => say!("{at} master {}: {} -> {}", m.cluster, m.previous, m.current),
         Some(Event::Recovery(r)) => {
-            println!("{at} recovery {} of {}: {} {}", r.id, r.cluster, r.status, r.summary)
+            say!("{at} recovery {} of {}: {} {}", r.id, r.cluster, r.status, r.summary)
         }
-        Some(Event::Problems(p)) if p.problems.is_empty() => println!("{at} problems {}: none", p.cluster),
+        Some(Event::Problems(p)) if p.problems.is_empty() => say!("{at} problems {}: none", p.cluster),
         Some(Event::Problems(p)) => {
             let list: Vec<String> = p.problems.iter().map(|x| format!("{} {}", x.code, x.instance)).collect();
-            println!("{at} problems {}: {}", p.cluster, list.join(", "));
+            say!("{at} problems {}: {}", p.cluster, list.join(", "));
         }
         None => {}
     }

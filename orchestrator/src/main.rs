@@ -73,19 +73,6 @@ async fn main() {
     }
 }
 
-/// Writes `text` to a new file only its owner can read.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn token_command(cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::New { name, scope, out } => {
@@ -93,8 +80,7 @@ fn token_command(cmd: TokenCmd) -> anyhow::Result<()> {
                 tokens::valid_token_name(&name),
                 "token name `{name}`: 1-64 letters, digits, `.`, `_`, `-` or `@`"
             );
-            let token = tokens::generate();
-            write_private(&out, &format!("{token}\n"))?;
+            let token = tokens::write_new_token(&out)?;
             println!("# token {name} ({scope}) written to {}", out.display());
             println!(
                 "[[auth.tokens]]\nname = \"{name}\"\nscope = \"{scope}\"\nsha256 = \"{}\"",
@@ -303,6 +289,7 @@ async fn run() -> anyhow::Result<()> {
         raft: raft.clone(),
         ops,
         local_instance: config.local_instance(),
+        watchers: Arc::new(tokio::sync::Semaphore::new(api::MAX_WATCHERS)),
     };
     let auth = Arc::new(AuthSettings::new(tokens, config.auth.open_metrics, config.node_id));
     if api_tls.is_some() {

@@ -518,9 +518,14 @@ pub fn find_secret_in_logs(peers: &[Peer], secrets: &[&str]) -> Option<String> {
     None
 }
 
-/// GET a JSON document; non-2xx is an error carrying the body.
+/// GET a JSON document (with the test admin token); non-2xx is an error carrying the body.
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = http_client().get(url).send().await.with_context(|| format!("GET {url}"))?;
+    get_json_with(&http_client(), url).await
+}
+
+/// GET a JSON document with `client`; non-2xx is an error carrying the body.
+pub async fn get_json_with(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let body: serde_json::Value =
         resp.json().await.with_context(|| format!("GET {url}: body is not JSON"))?;

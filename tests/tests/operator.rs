@@ -170,6 +170,56 @@ async fn an_operator_runs_the_cluster_through_orchctl() {
     let members = reader.json(&["raft", "members"]);
     assert_eq!(members.as_array().unwrap().len(), 3, "{members}");
 
+    // Promotion rules and the global switch.
+    operator.json(&["promotion-rule", "set", r2, "must_not"]);
+    let rules = reader.json(&["promotion-rule", "list"]);
+    assert_eq!(rules["rules"][0]["rule"], "must_not", "{rules}");
+    let plan = operator.run(&["-o", "json", "switchover", ALIAS, "--to", r2, "--dry-run"]);
+    assert_eq!(plan.code, 3, "{plan:?}");
+    assert!(plan.json()["plan"]["refused"].as_str().unwrap().contains("must_not"), "{plan:?}");
+    operator.json(&["promotion-rule", "set", r2, "neutral"]);
+    assert_eq!(admin.run(&["global-recoveries", "disable"]).code, 2, "disabling needs confirmation");
+    admin.json(&["global-recoveries", "disable", "--yes"]);
+    assert_eq!(reader.json(&["global-recoveries", "status"])["enabled"], false);
+    admin.json(&["global-recoveries", "enable"]);
+    assert_eq!(reader.json(&["global-recoveries", "status"])["enabled"], true);
+
+    // Forget and discover again: every peer follows; a master cannot be forgotten.
+    let master_now = r1.as_str();
+    let refused = admin.run(&["forget", master_now, "--yes"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(refused.stderr.contains("is the master of cluster"), "{refused:?}");
+    assert_eq!(admin.run(&["forget", "10.255.255.1", "--yes"]).code, 1, "an unknown instance");
+    admin.json(&["forget", m, "--yes"]);
+    for p in &bed.peers {
+        let one = Ctl::new(&dir, vec![p.http_address()], Some(READ_TOKEN)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while one.json(&["topology", ALIAS])["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["key"] == m.as_str())
+        {
+            assert!(Instant::now() < deadline, "peer {} still tracks the forgotten {m}", p.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let found = admin.json(&["discover", m]);
+    assert_eq!(found["key"], m.as_str(), "{found}");
+    for p in &bed.peers {
+        let one = Ctl::new(&dir, vec![p.http_address()], Some(READ_TOKEN)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !one.json(&["topology", ALIAS])["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["key"] == m.as_str())
+        {
+            assert!(Instant::now() < deadline, "peer {} does not track the rediscovered {m}", p.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // Bad input and unreachable peers have their own exit codes.
     let bad = operator.run(&["downtime", "begin", r2, "--duration", "forever", "--reason", "x"]);
     assert_eq!(bad.code, 2, "{bad:?}");

@@ -357,8 +357,15 @@ impl Orchestrator for OrchestratorService {
         if !cluster.is_empty() {
             parse::cluster("cluster", &cluster).map_err(status)?;
         }
+        let permit = self.state.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("this peer already serves {} watchers", super::MAX_WATCHERS))
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(super::watch::run(self.state.clone(), cluster, tx));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            super::watch::run(state, cluster, tx).await;
+            drop(permit);
+        });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
         Ok(Response::new(Box::pin(stream)))

@@ -42,7 +42,12 @@ pub struct AppState {
     pub ops: Arc<Operations>,
     /// The mysqld on this host (for the role health checks).
     pub local_instance: Option<crate::topology::InstanceKey>,
+    /// `Watch` streams this peer still accepts (each holds a permit while it runs).
+    pub watchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many `Watch` streams one peer serves at once.
+pub const MAX_WATCHERS: usize = 64;
 
 /// The HTTP routes and the gRPC services as one router, behind the auth layer.
 pub fn router(state: AppState, auth: Arc<AuthSettings>) -> axum::Router {

@@ -72,6 +72,23 @@ pub fn valid_token_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
+/// Makes a new token and writes it to `path`, a new file only its owner can read.
+pub fn write_new_token(path: &Path) -> Result<String, TokenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file_error =
+        |e: std::io::Error| TokenError::File { path: path.display().to_string(), message: e.to_string() };
+    let token = generate();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_error)?;
+    writeln!(f, "{token}").map_err(file_error)?;
+    Ok(token)
+}
+
 /// A token as the text of a client's header or a file: printable ASCII, bounded.
 fn acceptable_token_text(token: &str) -> bool {
     !token.is_empty() && token.len() <= MAX_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic())
@@ -280,6 +297,17 @@ mod tests {
         assert!(!e.contains("orch_leak"), "{e}");
         let both = parse_secret(r#"[{"name":"x","scope":"read","token":"a","sha256":"b"}]"#).unwrap();
         assert!(TokenSpec::from_secret(&both).is_err());
+    }
+
+    #[test]
+    fn new_token_files_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        let token = write_new_token(&path).unwrap();
+        assert_eq!(read_token_file(&path).unwrap(), token);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(write_new_token(&path).is_err(), "an existing file is kept");
     }
 
     #[test]

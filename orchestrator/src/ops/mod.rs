@@ -361,6 +361,11 @@ impl Operations {
                 ))
             })?),
             RunsOn::Peer(id) if id == self.node.id => None,
+            RunsOn::Peer(id) if !self.node.status().members.iter().any(|m| m.id == id) => {
+                let e = OpError::NotFound(format!("peer {id} is not a member"));
+                self.audit(caller, &operation, &Err(e.clone())).await;
+                return Err(e);
+            }
             RunsOn::Peer(id) => Some(id),
         };
         match target {
@@ -539,12 +544,15 @@ impl Operations {
         let who = &caller.identity.name;
         match operation {
             Operation::Discover { instance } => {
-                let seen = self
-                    .discovery
-                    .discover(instance.clone())
-                    .await
-                    .map_err(|e| OpError::Refused(format!("cannot discover {instance}: {e}")))?;
+                let refused = |e: crate::mysql::ProbeError| {
+                    OpError::Refused(format!("cannot discover {instance}: {e}"))
+                };
+                // It must answer before every peer is told to follow it.
+                self.discovery.probe_once(instance).await.map_err(refused)?;
                 let log_index = self.commit(Command::AddSeed { instance: instance.clone() }).await?;
+                // Un-forgotten here at once (every peer follows the registry anyway).
+                self.discovery.store().set_registry(self.node.with_state(|s| s.registry()));
+                let seen = self.discovery.discover(instance.clone()).await.map_err(refused)?;
                 Ok(OpReply::Discovered { instance: Box::new(seen), log_index })
             }
             Operation::Forget { instance } => {

@@ -98,31 +98,13 @@ use orch_tests::process::pid_alive as alive;
 
 /// Writes a new random token to `path` (mode 0600) and returns it.
 fn new_token_file(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token = orchestrator::auth::tokens::generate();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    Ok(token)
+    Ok(orchestrator::auth::tokens::write_new_token(path)?)
 }
 
 /// GET a JSON document from a peer with the sandbox's read-only token.
 async fn get_json(state: &SandboxState, url: &str) -> anyhow::Result<serde_json::Value> {
     let token = std::fs::read_to_string(&state.read_token_file).unwrap_or_default();
-    let resp =
-        client_with_token(Some(token.trim())).get(url).send().await.with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    let body: serde_json::Value =
-        resp.json().await.with_context(|| format!("GET {url}: body is not JSON"))?;
-    if !status.is_success() {
-        bail!("GET {url}: {status}: {body}");
-    }
-    Ok(body)
+    peer::get_json_with(&client_with_token(Some(token.trim())), url).await
 }
 
 /// Polls `url` until `accept` holds; the last answer as the error.
