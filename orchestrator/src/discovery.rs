@@ -155,7 +155,10 @@ impl TopologyStore {
                 tracing::info!(instance = %key, "instance forgotten: no longer tracked");
             }
         }
-        for key in &registry.seeds {
+        // Seeds operators added, and every recorded master (a peer that just started
+        // may not have found it yet), are probed from now on.
+        let wanted = registry.seeds.iter().chain(registry.clusters.iter().map(|c| &c.master));
+        for key in wanted.filter(|k| !registry.forgotten.contains(*k)) {
             if !inner.instances.contains_key(key) {
                 inner.instances.insert(key.clone(), InstanceState::new(key.clone()));
             }

@@ -32,6 +32,10 @@ const KEEP_RECOVERIES: usize = 1000;
 pub const KEEP_AUDIT: usize = 1000;
 /// Steps kept per recovery (a recovery has a dozen or so).
 const KEEP_STEPS: usize = 100;
+/// Bounds on what operators can add, so the state (and every snapshot) stays small:
+/// downtimes in force, promotion rules, seeds, and forgotten instances (the oldest of
+/// which are dropped).
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// Whether an instance may be promoted, and how eagerly (orchestrator's promotion rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -397,6 +401,10 @@ impl ClusterState {
             Command::SetPromotionRule { instance, rule } => {
                 if *rule == PromotionRule::Neutral {
                     self.promotion_rules.remove(instance);
+                } else if !self.promotion_rules.contains_key(instance)
+                    && self.promotion_rules.len() >= MAX_ENTRIES
+                {
+                    return rejected(format!("{MAX_ENTRIES} promotion rules are set already"));
                 } else {
                     self.promotion_rules.insert(instance.clone(), *rule);
                 }
@@ -405,6 +413,11 @@ impl ClusterState {
             Command::BeginDowntime { instance, owner, reason, duration_s } => {
                 if *duration_s == 0 {
                     return rejected("downtime duration must be above 0 s");
+                }
+                // Expired downtimes go now: they mean nothing any more.
+                self.downtimes.retain(|_, d| d.until_unix_ms > now);
+                if !self.downtimes.contains_key(instance) && self.downtimes.len() >= MAX_ENTRIES {
+                    return rejected(format!("{MAX_ENTRIES} downtimes are in force already"));
                 }
                 let until = now.saturating_add((*duration_s as i64).saturating_mul(1000));
                 self.downtimes.insert(
@@ -504,6 +517,9 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::AddSeed { instance } => {
+                if !self.seeds.contains(instance) && self.seeds.len() >= MAX_ENTRIES {
+                    return rejected(format!("{MAX_ENTRIES} instances were added already"));
+                }
                 self.forgotten.remove(instance);
                 self.seeds.insert(instance.clone());
                 CommandResult::Done
@@ -525,6 +541,17 @@ impl ClusterState {
                 }
                 self.seeds.remove(instance);
                 self.forgotten.insert(instance.clone(), now);
+                while self.forgotten.len() > MAX_ENTRIES {
+                    let oldest = self
+                        .forgotten
+                        .iter()
+                        .min_by_key(|(k, at)| (**at, (*k).clone()))
+                        .map(|(k, _)| k.clone());
+                    match oldest {
+                        Some(k) => self.forgotten.remove(&k),
+                        None => break,
+                    };
+                }
                 CommandResult::Done
             }
             Command::RecordAudit { entry } => {
@@ -623,6 +650,16 @@ mod tests {
         assert!(s.is_downtimed(&key("a:1"), 60_999));
         assert!(!s.is_downtimed(&key("a:1"), 61_000));
         assert_eq!(s.apply(&at(2_000, Command::EndDowntime { instance: key("a:1") })), CommandResult::Done);
+        // An expired downtime is dropped when the next one begins.
+        let short = |k: &str| Command::BeginDowntime {
+            instance: key(k),
+            owner: "o".into(),
+            reason: "r".into(),
+            duration_s: 1,
+        };
+        s.apply(&at(10_000, short("b:1")));
+        s.apply(&at(20_000, short("c:1")));
+        assert_eq!(s.downtimes.keys().cloned().collect::<Vec<_>>(), vec![key("c:1")]);
         assert!(matches!(
             s.apply(&at(3_000, Command::EndDowntime { instance: key("a:1") })),
             CommandResult::Rejected { .. }

@@ -362,6 +362,38 @@ async fn mutual_tls_keeps_out_a_peer_of_another_ca() {
     let e = ping(&raft1, Some(tls_client(&foreign[3]))).await.unwrap_err();
     eprintln!("another CA's certificate: {e}");
 
+    // Our CA's certificate for an address that is not a member (a removed peer, say):
+    // it may talk Raft, but not hand the leader anything in an operator's name.
+    let ca_key = std::fs::read_to_string(bed.dir.path().join("tls/ca.key")).unwrap();
+    let outsider = provisioner::certs::CertAuthority::from_key_pem("test", &ca_key)
+        .unwrap()
+        .node(&provisioner::certs::NodeSpec { id: 4, names: vec![hosts[3].clone()] }, 1)
+        .unwrap();
+    let dir = bed.dir.path().join("outsider");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("node.crt"), &outsider.cert).unwrap();
+    std::fs::write(dir.join("node.key"), &outsider.key).unwrap();
+    let outsider =
+        PeerTlsFiles { ca: ours.ca.clone(), cert: dir.join("node.crt"), key: dir.join("node.key") };
+    ping(&raft1, Some(tls_client(&outsider))).await.expect("a certificate of our CA talks Raft");
+    let channel = Endpoint::from_shared(format!("https://{raft1}"))
+        .unwrap()
+        .tls_config(tls_client(&outsider))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = orch_proto::raft::raft_client::RaftClient::new(channel);
+    let payload = br#"{"Operation":{"caller":{"identity":{"name":"x","scope":"admin"},"from":"x","peer":1},"operation":{"operation":"set_global_recoveries","enabled":false}}}"#;
+    let e = c.forward(orch_proto::raft::RaftPayload { payload: payload.to_vec() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("names no member"), "{e:?}");
+    let e = c.pause_heartbeats(orch_proto::raft::PauseHeartbeatsRequest { millis: 1000 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let enabled =
+        http_client().get(bed.peer(leader).url("/api/check-global-recoveries")).send().await.unwrap();
+    assert_eq!(enabled.json::<Value>().await.unwrap()["recoveries_enabled"], true);
+
     // The intruder: a peer with another CA's certificate that believes it belongs to
     // a group of five with the members. It campaigns; the group never hears of it.
     let mut members = hosts.clone();

@@ -133,8 +133,12 @@ pub struct SecretToken {
 /// (`token` instead of `sha256` holds the token itself).
 pub fn parse_secret(json: &str) -> Result<Vec<SecretToken>, TokenError> {
     serde_json::from_str(json).map_err(|e| {
-        // serde_json's message names the position, never the value.
-        TokenError::Secret(format!("not a JSON list of {{name, scope, token|sha256}}: {e}"))
+        // Only the position: serde_json's message may quote a value, and a value may be a token.
+        TokenError::Secret(format!(
+            "not a JSON list of {{name, scope, token|sha256}} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
     })
 }
 
@@ -293,8 +297,14 @@ mod tests {
         let r = TokenRegistry::new(specs).unwrap();
         assert_eq!(r.verify("orch_s3cret").unwrap().name, "ops");
         assert_eq!(r.verify("orch_ro").unwrap().scope, Scope::Read);
-        let e = parse_secret(r#"{"token":"orch_leak"}"#).unwrap_err().to_string();
-        assert!(!e.contains("orch_leak"), "{e}");
+        for bad in [
+            r#"{"token":"orch_leak"}"#,
+            r#"["orch_leak"]"#,
+            r#"[{"name":"x","scope":"orch_leak","token":"t"}]"#,
+        ] {
+            let e = parse_secret(bad).unwrap_err().to_string();
+            assert!(!e.contains("orch_leak"), "{e}");
+        }
         let both = parse_secret(r#"[{"name":"x","scope":"read","token":"a","sha256":"b"}]"#).unwrap();
         assert!(TokenSpec::from_secret(&both).is_err());
     }

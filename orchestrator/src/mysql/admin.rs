@@ -199,6 +199,17 @@ impl MysqlAdmin {
         }
     }
 
+    /// `text` with every `PASSWORD=` value and every password this peer knows replaced
+    /// by `…`: what may be logged of a statement or a server's error about it.
+    fn scrub(&self, text: &str) -> String {
+        let s = &self.settings;
+        let check = s.verify.as_ref().map(|v| v.password.as_str()).unwrap_or_default();
+        [s.password.as_str(), s.replication_password.as_str(), check]
+            .into_iter()
+            .filter(|p| p.len() >= 3)
+            .fold(redact_passwords(text), |t, p| t.replace(p, "…"))
+    }
+
     async fn open(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
         connect(key, &self.settings.user, &self.settings.password, self.settings.connect_timeout)
             .await
@@ -211,10 +222,10 @@ impl MysqlAdmin {
         let timeout = self.settings.statement_timeout;
         match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Self::error(key, &redact_passwords(sql), redact_passwords(&e.to_string()))),
+            Ok(Err(e)) => Err(Self::error(key, &self.scrub(sql), self.scrub(&e.to_string()))),
             Err(_) => Err(Self::error(
                 key,
-                &redact_passwords(sql),
+                &self.scrub(sql),
                 format!("no answer within {} ms", timeout.as_millis()),
             )),
         }

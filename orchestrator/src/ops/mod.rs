@@ -327,12 +327,19 @@ pub enum PeerAnswer {
     Audited,
 }
 
-/// Runs operations; one per peer.
+/// At most one denied request per token and operation is recorded in this long: a
+/// token without the scope cannot push the real history out of the bounded audit.
+const DENIED_AUDIT_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs operations; one per peer (cheap to clone: every part is shared).
+#[derive(Clone)]
 pub struct Operations {
     node: Arc<RaftNode>,
     discovery: DiscoveryHandle,
     recovery: Arc<RecoveryService>,
     aws: Option<Arc<crate::aws::controller::AwsController<crate::aws::AwsClients>>>,
+    /// When a denied request of (token, operation) was last recorded.
+    denied_recorded: Arc<std::sync::Mutex<BTreeMap<(String, &'static str), std::time::Instant>>>,
 }
 
 impl Operations {
@@ -342,7 +349,7 @@ impl Operations {
         recovery: Arc<RecoveryService>,
         aws: Option<Arc<crate::aws::controller::AwsController<crate::aws::AwsClients>>>,
     ) -> Self {
-        Self { node, discovery, recovery, aws }
+        Self { node, discovery, recovery, aws, denied_recorded: Arc::default() }
     }
 
     /// Checks, routes, runs and audits `operation` for `caller`.
@@ -380,8 +387,18 @@ impl Operations {
         }
     }
 
-    /// Runs on this peer (which must be the right one) and audits.
+    /// Runs on this peer (which must be the right one) and audits, in a task of its
+    /// own: a client that goes away (a timeout, Ctrl-C) never stops a recovery between
+    /// its steps, nor an operation between its commit and its audit.
     async fn run_here(&self, caller: &Caller, operation: Operation) -> Result<OpReply, OpError> {
+        let (this, caller) = (self.clone(), caller.clone());
+        let name = operation.name();
+        tokio::spawn(async move { this.run_to_the_end(&caller, operation).await })
+            .await
+            .unwrap_or_else(|e| Err(OpError::Failed(format!("{name} stopped: {e}"))))
+    }
+
+    async fn run_to_the_end(&self, caller: &Caller, operation: Operation) -> Result<OpReply, OpError> {
         let leads_without_quorum =
             matches!(operation.runs_on(), RunsOn::Leader) && !self.node.has_quorum_contact();
         let result = if !caller.identity.scope.allows(operation.scope()) {
@@ -442,11 +459,20 @@ impl Operations {
     pub async fn answer_peer(&self, request: PeerRequest) -> Result<PeerAnswer, OpError> {
         match request {
             PeerRequest::Operation { caller, operation } => {
-                if matches!(operation.runs_on(), RunsOn::Leader) && !self.node.is_leader() {
-                    return Err(OpError::Unavailable(format!(
-                        "peer {} is not the Raft leader any more; nothing was done",
-                        self.node.id
-                    )));
+                match operation.runs_on() {
+                    RunsOn::Leader if !self.node.is_leader() => {
+                        return Err(OpError::Unavailable(format!(
+                            "peer {} is not the Raft leader any more; nothing was done",
+                            self.node.id
+                        )))
+                    }
+                    RunsOn::Peer(id) if id != self.node.id => {
+                        return Err(OpError::Unavailable(format!(
+                            "peer {} received a request for peer {id}; nothing was done",
+                            self.node.id
+                        )))
+                    }
+                    _ => {}
                 }
                 self.run_here(&caller, operation).await.map(PeerAnswer::Operation)
             }
@@ -495,6 +521,21 @@ impl Operations {
             Ok(reply) => (reply.audit_result(), reply.summary()),
             Err(e) => (e.audit_result(), e.to_string()),
         };
+        if result == AuditResult::Denied {
+            let key = (caller.identity.name.clone(), operation.name());
+            let now = std::time::Instant::now();
+            let recent = self.denied_recorded.lock().map(|mut m| {
+                m.retain(|_, at| now.duration_since(*at) < DENIED_AUDIT_EVERY);
+                let recent = m.contains_key(&key);
+                if !recent {
+                    m.insert(key, now);
+                }
+                recent
+            });
+            if recent.unwrap_or(false) {
+                return;
+            }
+        }
         let entry = AuditEntry {
             at_unix_ms: 0,
             who: caller.identity.name.clone(),

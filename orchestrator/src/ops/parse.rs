@@ -18,9 +18,9 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> OpError {
     OpError::InvalidArgument(format!("{field}: {message}"))
 }
 
-/// `host:port`, strictly ([`InstanceKey`]'s parser).
+/// `host:port`, strictly ([`InstanceKey::parse_strict`]).
 pub fn instance(field: &str, text: &str) -> Result<InstanceKey, OpError> {
-    text.parse::<InstanceKey>().map_err(|e| invalid(field, e))
+    InstanceKey::parse_strict(text).map_err(|e| invalid(field, e))
 }
 
 /// `host:port`, or nothing (`None` for an empty string).
@@ -179,7 +179,7 @@ mod tests {
         fn parsers_never_panic(s in "\\PC{0,80}|[a-z0-9.:\\[\\]-]{0,40}") {
             if let Ok(k) = instance("i", &s) {
                 prop_assert!(k.port > 0 && !k.host.is_empty());
-                prop_assert_eq!(k.to_string().parse::<InstanceKey>().unwrap(), k);
+                prop_assert_eq!(InstanceKey::parse_strict(&k.to_string()).unwrap(), k);
             }
             if let Ok(d) = duration("d", &s) {
                 prop_assert!(d >= Duration::from_secs(1) && d <= MAX_DOWNTIME);

@@ -69,6 +69,38 @@ impl RaftService {
         let m = self.raft.metrics().borrow().clone();
         m.current_leader == Some(self.node_id) && m.state == openraft::ServerState::Leader
     }
+
+    /// Refuses a request that may act in an operator's name (`Forward`,
+    /// `PauseHeartbeats`) unless it comes from a current member: with mutual TLS, its
+    /// certificate must name the address of one. A peer removed from the group, though
+    /// its certificate is still signed by the CA, is refused. Without TLS
+    /// (`tls.raft_insecure`) there is nothing to check.
+    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(certs) = request.peer_certs() else { return Ok(()) };
+        let Some(cert) = certs.first() else {
+            return Err(Status::permission_denied("no client certificate"));
+        };
+        let cert = webpki::EndEntityCert::try_from(cert)
+            .map_err(|e| Status::permission_denied(format!("unreadable client certificate: {e}")))?;
+        let hosts: Vec<String> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter_map(|(_, n)| n.raft.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .collect();
+        let named = hosts.iter().any(|h| {
+            rustls::pki_types::ServerName::try_from(h.as_str())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        });
+        if named {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("the client certificate names no member of the group"))
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
@@ -114,6 +146,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let Some(handler) = self.forward.get().cloned() else {
             return Err(Status::unavailable(format!("peer {} is still starting", self.node_id)));
         };
@@ -125,6 +158,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<PauseHeartbeatsRequest>,
     ) -> Result<Response<PauseHeartbeatsReply>, Status> {
+        self.check_member(&request)?;
         if !self.is_leader() {
             return Err(Status::failed_precondition(format!("peer {} is not the leader", self.node_id)));
         }

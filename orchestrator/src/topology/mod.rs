@@ -45,13 +45,14 @@ pub struct InstanceKeyError {
 const MAX_HOST_LEN: usize = 253;
 
 /// Whether `host` is a DNS name or IPv4 address (letters, digits, `-`, `_`, dot-separated
-/// non-empty labels) or a bracketed IPv6 address.
+/// non-empty labels) or an IPv6 address (bracketed or not).
 fn valid_host(host: &str) -> bool {
     if host.len() > MAX_HOST_LEN {
         return false;
     }
-    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    let inner = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if inner.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
     }
     host.split('.').all(|label| {
         !label.is_empty()
@@ -60,22 +61,34 @@ fn valid_host(host: &str) -> bool {
     })
 }
 
+impl InstanceKey {
+    /// What an operator may name: `host:port` with a DNS name, an IPv4 or an IPv6
+    /// address (bracketed or not) and a port 1-65535; no spaces, paths or schemes.
+    /// (The [`FromStr`] form stays lenient: it reads what servers report and what the
+    /// Raft log already holds.)
+    pub fn parse_strict(s: &str) -> Result<InstanceKey, InstanceKeyError> {
+        let err = |reason| InstanceKeyError { input: s.chars().take(80).collect(), reason };
+        let key: InstanceKey = s.parse().map_err(|e: InstanceKeyError| err(e.reason))?;
+        if !valid_host(&key.host) {
+            return Err(err("host is not a DNS name or IP address"));
+        }
+        let port = s.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+        if port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("port is not a number 1-65535"));
+        }
+        Ok(key)
+    }
+}
+
 impl FromStr for InstanceKey {
     type Err = InstanceKeyError;
 
-    /// Strict: `host:port` with a DNS name, IPv4 or `[IPv6]` host and a port 1-65535;
-    /// nothing else (no spaces, paths or schemes).
+    /// `host:port` with any non-empty host and a port 1-65535.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason| InstanceKeyError { input: s.chars().take(80).collect(), reason };
         let (host, port) = s.rsplit_once(':').ok_or_else(|| err("expected host:port"))?;
         if host.is_empty() {
             return Err(err("empty host"));
-        }
-        if !valid_host(host) {
-            return Err(err("host is not a DNS name or IP address"));
-        }
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(err("port is not a number 1-65535"));
         }
         let port: u16 = port.parse().map_err(|_| err("port is not a number 1-65535"))?;
         if port == 0 {
@@ -585,24 +598,19 @@ mod tests {
             let err = bad.parse::<InstanceKey>().unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
-        assert_eq!(key("[::1]:3306").host, "[::1]");
-        assert_eq!(key("db_1.example:3306").host, "db_1.example");
+        let strict = InstanceKey::parse_strict;
+        assert_eq!(strict("[::1]:3306").unwrap().host, "[::1]");
+        assert_eq!(strict("fd00::5:3306").unwrap().host, "fd00::5", "as a server reports it");
+        assert_eq!(strict("db_1.example:3306").unwrap().host, "db_1.example");
         let long = format!("{}:1", "a".repeat(300));
-        for bad in [
-            "a b:1",
-            "h/x:1",
-            "h:+1",
-            "h: 1",
-            "h..x:1",
-            ".h:1",
-            "[zz]:1",
-            "::1:3306",
-            "h:1:2",
-            "h\n:1",
-            long.as_str(),
-        ] {
-            assert!(bad.parse::<InstanceKey>().is_err(), "`{bad}` must be refused");
+        for bad in
+            ["a b:1", "h/x:1", "h:+1", "h: 1", "h..x:1", ".h:1", "[zz]:1", "h:1:2", "h\n:1", long.as_str()]
+        {
+            assert!(strict(bad).is_err(), "`{bad}` must be refused");
         }
+        // What servers report and the Raft log holds is read as it is.
+        assert_eq!(key("fd00::5:3306").host, "fd00::5");
+        assert_eq!(key("odd host.:3306").host, "odd host.");
     }
 
     fn registry(alias: &str, master: &str, former: &[&str]) -> Registry {
