@@ -274,8 +274,8 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     println!();
     let endpoints: Vec<String> = state.hosts.iter().map(|h| format!("{h}:3000")).collect();
     let ctl = workspace_root().join("target/debug/orchctl");
-    println!("admin token:     {}", state.admin_token_file.display());
-    println!("read-only token: {}", state.read_token_file.display());
+    println!("admin token:   {}", state.admin_token_file.display());
+    println!("read token:    {}   (read-only)", state.read_token_file.display());
     println!(
         "orchctl:       {} --endpoints {} --token-file {} topology {ALIAS}",
         ctl.display(),
