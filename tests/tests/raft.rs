@@ -260,10 +260,18 @@ async fn membership_changes_and_leadership_transfer_through_the_api() {
     let members = state["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{state}");
     assert!(members.iter().all(|m| m["voter"] == true), "{state}");
-    // The audit names who asked for each change of membership, from where.
-    let sm = state_machine(bed.peer(victim)).await.unwrap();
+    // The audit names who asked for each change of membership, from where; the
+    // re-added peer has it too once it has applied the last entry.
+    let ops = ["transfer_leadership", "remove_raft_peer", "add_raft_peer"];
+    let has_all = |s: &Value| {
+        let audit = s["state"]["audit"].as_array().cloned().unwrap_or_default();
+        ops.iter().all(|op| audit.iter().any(|e| e["operation"] == *op))
+    };
+    let (sm, _) = poll_json(&bed.peer(victim).url("/api/raft/state-machine"), CATCH_UP, has_all)
+        .await
+        .unwrap_or_else(|last| panic!("the audit never reached peer {victim}: {last}"));
     let audit = sm["state"]["audit"].as_array().unwrap();
-    for op in ["transfer_leadership", "remove_raft_peer", "add_raft_peer"] {
+    for op in ops {
         let e = audit.iter().find(|e| e["operation"] == op).unwrap_or_else(|| panic!("no {op} in {audit:?}"));
         assert_eq!(e["who"], "test-admin", "{e}");
         assert_eq!(e["result"], "ok", "{e}");

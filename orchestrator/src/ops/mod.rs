@@ -33,6 +33,10 @@ use crate::state::{
 };
 use crate::topology::{ClusterInstance, InstanceKey};
 
+/// How long the leader waits to hear from a quorum before it refuses to act (a leader
+/// elected a moment ago has not heard its followers' answers yet).
+const QUORUM_PATIENCE: Duration = Duration::from_millis(1000);
+
 /// How long a forwarded request may take: a recovery runs for seconds.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -399,8 +403,8 @@ impl Operations {
     }
 
     async fn run_to_the_end(&self, caller: &Caller, operation: Operation) -> Result<OpReply, OpError> {
-        let leads_without_quorum =
-            matches!(operation.runs_on(), RunsOn::Leader) && !self.node.has_quorum_contact();
+        let leads_without_quorum = matches!(operation.runs_on(), RunsOn::Leader)
+            && !self.node.await_quorum_contact(QUORUM_PATIENCE).await;
         let result = if !caller.identity.scope.allows(operation.scope()) {
             Err(denial(caller, &operation))
         } else if leads_without_quorum {
@@ -547,7 +551,7 @@ impl Operations {
             result,
             detail: one_line(&detail, 300),
         };
-        let written = if self.node.is_leader() && !self.node.has_quorum_contact() {
+        let written = if self.node.is_leader() && !self.node.await_quorum_contact(QUORUM_PATIENCE).await {
             Err(OpError::Unavailable("the leader cannot reach a quorum".into()))
         } else if self.node.is_leader() {
             self.node.write(Command::RecordAudit { entry }).await.map(|_| ()).map_err(OpError::from)

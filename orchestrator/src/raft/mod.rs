@@ -460,6 +460,21 @@ impl RaftNode {
         Duration::from_millis(self.tuning.election_timeout_max_ms * 3)
     }
 
+    /// Whether this peer is (or, within `patience`, becomes) in working contact with a
+    /// quorum: a leader elected a moment ago has not heard its followers' answers yet.
+    pub async fn await_quorum_contact(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        loop {
+            if self.has_quorum_contact() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether this peer is in working contact with a quorum: a leader acknowledged by
     /// a quorum recently, or a follower that heard from its leader recently.
     ///
