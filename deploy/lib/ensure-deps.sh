@@ -46,3 +46,52 @@ ensure_python_packages() {
   fi
   command -v moto_server >/dev/null 2>&1 || { echo "moto_server is still not on PATH" >&2; return 1; }
 }
+
+# Real MySQL (Oracle MySQL 9.7 from Debian's unstable suite) for the `mysql` flavor of
+# the tests and the sandbox. It needs a newer glibc than this machine's, so it lives in
+# a minimal Debian root of its own, outside the repository, run through that root's
+# loader (DESIGN.md section 7). Built once (about 30 s), checked on every call, rebuilt
+# when it no longer runs. Exports ORCH_MYSQL_ROOT, where the test bed looks for it.
+mysql_root_dir() {
+  echo "${ORCH_MYSQL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/orch/mysql-root}"
+}
+
+mysql_root_works() {
+  local root="$1"
+  [ -f "$root/.orch-ready" ] || return 1
+  "$root/lib64/ld-linux-x86-64.so.2" \
+    --library-path "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu" \
+    "$root/usr/sbin/mysqld" --version 2>/dev/null | grep -q "Ver "
+}
+
+ensure_mysql_root() {
+  local root
+  root="$(mysql_root_dir)"
+  export ORCH_MYSQL_ROOT="$root"
+  if mysql_root_works "$root"; then
+    echo "MySQL root: $root"
+    return 0
+  fi
+  apt_install debootstrap
+  [ -e "$root" ] && echo "the MySQL root at $root does not run: building it again"
+  echo "building the MySQL root (Debian sid, mysql-server-core) in $root"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  local building="$root.building"
+  $sudo rm -rf "$building" "$root"
+  mkdir -p "$(dirname "$root")"
+  local log="$root.debootstrap.log"
+  if ! $sudo debootstrap --variant=minbase --include=mysql-server-core,mysql-client-core \
+      sid "$building" http://deb.debian.org/debian >"$log" 2>&1; then
+    echo "debootstrap failed; the last lines of $log:" >&2
+    tail -n 5 "$log" >&2
+    return 1
+  fi
+  [ -z "$sudo" ] || $sudo chown -R "$(id -u):$(id -g)" "$building"
+  touch "$building/.orch-ready"
+  mv "$building" "$root"
+  mysql_root_works "$root" || { echo "the MySQL root at $root was built but mysqld does not run" >&2; return 1; }
+  echo "MySQL root ready: $("$root/lib64/ld-linux-x86-64.so.2" \
+    --library-path "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu" \
+    "$root/usr/sbin/mysqld" --version) in $root"
+}

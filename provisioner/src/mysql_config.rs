@@ -1,7 +1,7 @@
 //! Renders the `my.cnf` of one cluster node, per flavor (DESIGN.md section 7).
 //!
 //! Every node is configured alike, ready to be master or replica: GTID replication,
-//! ROW binlogs, `log_slave_updates`, short replica timeouts so a dead master is noticed
+//! ROW binlogs, `log_slave_updates` / `log_replica_updates`, short replica timeouts so a dead master is noticed
 //! in seconds, and `read_only` unless it starts as the master.
 
 use std::fmt::Write;
@@ -42,6 +42,9 @@ pub struct MysqlServerConfig {
     /// Seconds without data before a replica's IO thread reconnects.
     pub replica_net_timeout_s: u32,
     pub innodb_buffer_pool_mb: u32,
+    /// InnoDB redo log: `innodb_log_file_size` on MariaDB, `innodb_redo_log_capacity`
+    /// on MySQL.
+    pub innodb_log_mb: u32,
     /// Run the server as this OS user (`root` in the test bed).
     pub os_user: Option<String>,
     /// Semi-synchronous replication, AFTER_SYNC, never falling back to asynchronous:
@@ -65,6 +68,7 @@ impl MysqlServerConfig {
             read_only: true,
             replica_net_timeout_s: 4,
             innodb_buffer_pool_mb: 32,
+            innodb_log_mb: 16,
             os_user: None,
             semi_sync: true,
         }
@@ -90,10 +94,8 @@ pub fn render(c: &MysqlServerConfig) -> String {
     line("report-port", &c.port);
     line("log-bin", &"binlog");
     line("binlog-format", &"ROW");
-    line("log-slave-updates", &"ON");
     line("skip-name-resolve", &"ON");
     line("read-only", &if c.read_only { "ON" } else { "OFF" });
-    line("slave-net-timeout", &c.replica_net_timeout_s);
     line("innodb-buffer-pool-size", &format!("{}M", c.innodb_buffer_pool_mb));
     line("max-connections", &200);
     if let Some(user) = &c.os_user {
@@ -101,9 +103,11 @@ pub fn render(c: &MysqlServerConfig) -> String {
     }
     match c.flavor {
         ServerFlavor::Mariadb => {
+            line("log-slave-updates", &"ON");
+            line("slave-net-timeout", &c.replica_net_timeout_s);
             line("gtid-strict-mode", &"ON");
             line("gtid-domain-id", &0);
-            line("innodb-log-file-size", &"16M");
+            line("innodb-log-file-size", &format!("{}M", c.innodb_log_mb));
             if c.semi_sync {
                 // Only the master waits for acknowledgements: a replica with the
                 // master side on would hold its own SQL thread waiting for replicas
@@ -116,18 +120,25 @@ pub fn render(c: &MysqlServerConfig) -> String {
             }
         }
         ServerFlavor::Mysql => {
+            // The names of 8.0.26 and later (the old ones are gone in 9.x).
+            line("log-replica-updates", &"ON");
+            line("replica-net-timeout", &c.replica_net_timeout_s);
+            line("innodb-redo-log-capacity", &format!("{}M", c.innodb_log_mb));
             line("gtid-mode", &"ON");
             line("enforce-gtid-consistency", &"ON");
             line("super-read-only", &if c.read_only { "ON" } else { "OFF" });
             line("replica-preserve-commit-order", &"ON");
             if c.semi_sync {
+                // The plugins' variables exist only once the plugins are loaded:
+                // `loose-` keeps `mysqld --initialize` (which loads no plugin) from
+                // refusing them as unknown.
                 line("plugin-load-add", &"semisync_source.so");
                 line("plugin-load-add", &"semisync_replica.so");
-                line("rpl-semi-sync-source-enabled", &if c.read_only { "OFF" } else { "ON" });
-                line("rpl-semi-sync-replica-enabled", &"ON");
-                line("rpl-semi-sync-source-wait-point", &"AFTER_SYNC");
-                line("rpl-semi-sync-source-wait-no-replica", &"ON");
-                line("rpl-semi-sync-source-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
+                line("loose-rpl-semi-sync-source-enabled", &if c.read_only { "OFF" } else { "ON" });
+                line("loose-rpl-semi-sync-replica-enabled", &"ON");
+                line("loose-rpl-semi-sync-source-wait-point", &"AFTER_SYNC");
+                line("loose-rpl-semi-sync-source-wait-no-replica", &"ON");
+                line("loose-rpl-semi-sync-source-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
             }
         }
     }
@@ -174,5 +185,11 @@ mod tests {
         assert!(text.contains("super-read-only = OFF\n"));
         assert!(text.contains("read-only = OFF\n"));
         assert!(!text.contains("gtid-strict-mode"));
+        // MySQL 9.x knows only the new names; the plugin variables are `loose-`.
+        assert!(text.contains("log-replica-updates = ON\n"));
+        assert!(text.contains("replica-net-timeout = 4\n"));
+        assert!(!text.contains("slave"));
+        assert!(text.contains("loose-rpl-semi-sync-source-wait-point = AFTER_SYNC\n"));
+        assert!(text.contains("innodb-redo-log-capacity = 16M\n"));
     }
 }

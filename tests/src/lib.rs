@@ -1,10 +1,11 @@
-//! The test bed: real `mariadbd` servers and our own binaries, each simulated host on
-//! its own loopback address (127.X.Y.n) with the production ports, torn down when the
-//! test ends however it ends.
+//! The test bed: real database servers (MariaDB or MySQL 9.7) and our own binaries,
+//! each simulated host on its own loopback address (127.X.Y.n) with the production
+//! ports, torn down when the test ends however it ends.
 //!
 //! - [`hosts`] reserves address blocks across processes;
 //! - [`process`] owns child processes and their cleanup;
-//! - [`mariadb`] builds GTID replication topologies;
+//! - [`db`] runs servers of either [`db::Flavor`] and builds GTID replication
+//!   topologies; [`on_both_flavors!`] turns one test into one per flavor;
 //! - [`peer`] runs orchestrator peers and talks to their API; [`ctl`] runs `orchctl`;
 //! - [`raft`] reads and writes the peers' Raft group through that API;
 //! - [`netfault`] cuts the network between hosts (`nft`);
@@ -17,8 +18,8 @@
 
 pub mod aws;
 pub mod ctl;
+pub mod db;
 pub mod hosts;
-pub mod mariadb;
 pub mod netfault;
 pub mod nlb;
 pub mod peer;
@@ -29,37 +30,63 @@ pub mod writer;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use db::{DbCluster, Flavor};
 use hosts::HostBlock;
-use mariadb::MariaDbCluster;
 use peer::{Peer, PeerGroupSpec};
 use process::Lifetime;
+
+/// Makes each listed `async fn name(flavor: Flavor)` of the calling test file a test
+/// per flavor: `mariadb::name` and `mysql::name`.
+#[macro_export]
+macro_rules! on_both_flavors {
+    ($($name:ident),+ $(,)?) => {
+        mod mariadb {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::db::Flavor::Mariadb).await
+                }
+            )+
+        }
+        mod mysql {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::db::Flavor::Mysql).await
+                }
+            )+
+        }
+    };
+}
 
 /// A database host + peer per address, for one test.
 pub struct TestBed {
     pub peers: Vec<Peer>,
-    pub cluster: MariaDbCluster,
+    pub cluster: DbCluster,
     pub hosts: HostBlock,
     pub dir: tempfile::TempDir,
 }
 
 impl TestBed {
-    /// `n` hosts, each with a `mariadbd` (host 1 the master) and an orchestrator peer
-    /// discovering cluster `alias` from the master.
+    /// `n` hosts, each with a MariaDB server (host 1 the master) and an orchestrator
+    /// peer discovering cluster `alias` from the master.
     pub async fn start(n: u8, alias: &str) -> anyhow::Result<TestBed> {
-        Self::start_with(n, alias, |_| {}).await
+        Self::start_with(Flavor::Mariadb, n, alias, |_| {}).await
     }
 
-    /// As [`TestBed::start`], with the peer settings adjusted by `tune`.
+    /// As [`TestBed::start`], on `flavor`, with the peer settings adjusted by `tune`.
     pub async fn start_with(
+        flavor: Flavor,
         n: u8,
         alias: &str,
         tune: impl FnOnce(&mut PeerGroupSpec),
     ) -> anyhow::Result<TestBed> {
-        Self::start_on(HostBlock::reserve(n)?, test_dir("orch-test-")?, n, alias, tune).await
+        Self::start_on(flavor, HostBlock::reserve(n)?, test_dir("orch-test-")?, n, alias, tune).await
     }
 
     /// As [`TestBed::start_with`], on the first `n` hosts of `hosts`.
     pub async fn start_on(
+        flavor: Flavor,
         hosts: HostBlock,
         dir: tempfile::TempDir,
         n: u8,
@@ -69,7 +96,7 @@ impl TestBed {
         let addrs: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
         let cgroups: Vec<_> = hosts.cgroup_dirs().into_iter().take(n as usize).collect();
         let cluster =
-            MariaDbCluster::start(&addrs, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
+            DbCluster::start(flavor, &addrs, dir.path(), hosts.state_dir(), Lifetime::Test, &cgroups).await?;
         let mut spec = PeerGroupSpec::new(alias, vec![cluster.master().key()]);
         tune(&mut spec);
         let peers =
@@ -196,8 +223,14 @@ pub struct AwsBed {
 pub const NLB_TIME_SCALE: u32 = 25;
 
 impl AwsBed {
-    /// `n` database hosts with peers, plus moto and the NLB stand-in on host `n + 1`.
-    pub async fn start(n: u8, alias: &str, tune: impl FnOnce(&mut PeerGroupSpec)) -> anyhow::Result<AwsBed> {
+    /// `n` database hosts of `flavor` with peers, plus moto and the NLB stand-in on
+    /// host `n + 1`.
+    pub async fn start(
+        flavor: Flavor,
+        n: u8,
+        alias: &str,
+        tune: impl FnOnce(&mut PeerGroupSpec),
+    ) -> anyhow::Result<AwsBed> {
         let started = Instant::now();
         let hosts = HostBlock::reserve(n + 1)?;
         let dir = test_dir("orch-aws-")?;
@@ -210,7 +243,7 @@ impl AwsBed {
         let resources = aws::provision(&clients, &cluster_id, &db_hosts).await?;
         eprintln!("aws bed: moto up and AWS side created after {:?}", started.elapsed());
         let peer_aws = peer::PeerAws::new(&moto.endpoint, &resources);
-        let bed = TestBed::start_on(hosts, dir, n, alias, |spec| {
+        let bed = TestBed::start_on(flavor, hosts, dir, n, alias, |spec| {
             spec.aws = Some(peer_aws);
             tune(spec);
         })

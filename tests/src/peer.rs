@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::mariadb::{
+use crate::db::{
     APP_PASSWORD, APP_USER, ORCH_PASSWORD, ORCH_USER, REPL_PASSWORD, REPL_USER, WRITE_CHECK_TABLE,
 };
 use crate::process::{Lifetime, ManagedChild};

@@ -161,7 +161,7 @@ fn record_pid(state_dir: &Path, pid: u32) {
 }
 
 /// Kills processes an earlier holder of this block left behind (only our own kinds:
-/// `mariadbd`, `orchestrator`, `moto_server`), then forgets them.
+/// `mariadbd`, `mysqld`, `orchestrator`, `moto_server`), then forgets them.
 pub fn kill_recorded(state_dir: &Path) {
     let file: PathBuf = state_dir.join(PIDS_FILE);
     let Ok(text) = std::fs::read_to_string(&file) else {
@@ -170,7 +170,7 @@ pub fn kill_recorded(state_dir: &Path) {
     for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if ["mariadbd", "orchestrator", "moto_server"].iter().any(|kind| cmdline.contains(kind)) {
+        if ["mariadbd", "mysqld", "orchestrator", "moto_server"].iter().any(|kind| cmdline.contains(kind)) {
             // SAFETY: plain kill(2); the pid was checked to be one of our kinds.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

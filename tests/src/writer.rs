@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
-use crate::mariadb::{APP_PASSWORD, APP_USER};
+use crate::db::{APP_PASSWORD, APP_USER};
 
 /// What the writer saw.
 #[derive(Debug, Clone, Default)]

@@ -1,25 +1,29 @@
-//! End to end: the AWS side of failover on a real `moto_server`. Three MariaDB hosts
+//! End to end: the AWS side of failover on a real `moto_server`. Three database hosts
 //! with co-located peers manage the NLB target groups and the DynamoDB table; the
 //! application writes through the NLB stand-in, which health-checks the peers'
-//! `/health/primary` and `/health/replica` like an NLB.
+//! `/health/primary` and `/health/replica` like an NLB. The `kill -9` test runs on
+//! both flavors, the AWS-only ones on MariaDB.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orch_tests::aws::{self, ClusterResources, Moto};
+use orch_tests::db::Flavor;
 use orch_tests::hosts::HostBlock;
 use orch_tests::peer::{get_json, poll_json};
 use orch_tests::process::Lifetime;
 use orch_tests::writer::{ids_on, Writer};
-use orch_tests::{test_dir, AwsBed};
+use orch_tests::{on_both_flavors, test_dir, AwsBed};
 use orchestrator::aws::mirror::{Fence, MasterLock};
 use orchestrator::aws::{LockTable, PutOutcome};
 
 const ALIAS: &str = "aws";
 
-async fn start() -> AwsBed {
-    let bed = AwsBed::start(3, ALIAS, |spec| {
+on_both_flavors!(kill_9_moves_the_target_groups_and_the_master_lock);
+
+async fn start(flavor: Flavor) -> AwsBed {
+    let bed = AwsBed::start(flavor, 3, ALIAS, |spec| {
         if let Some(aws) = spec.aws.as_mut() {
             aws.settings.push("reconcile_interval_ms = 1000".into());
         }
@@ -73,9 +77,8 @@ async fn fencing_epoch(bed: &AwsBed) -> u64 {
     s["state"]["fencing_epochs"][ALIAS].as_u64().unwrap_or(0)
 }
 
-#[tokio::test]
-async fn kill_9_moves_the_target_groups_and_the_master_lock() {
-    let mut bed = start().await;
+async fn kill_9_moves_the_target_groups_and_the_master_lock(flavor: Flavor) {
+    let mut bed = start(flavor).await;
     let h = hosts(&bed);
     let took = converged(&bed, &h[0], &[&h[1], &h[2]], Duration::from_secs(20)).await;
     eprintln!("target groups filled {took:?} after registration");
@@ -199,7 +202,7 @@ async fn metric_sum(bed: &AwsBed, name: &str) -> f64 {
 
 #[tokio::test]
 async fn an_aws_outage_delays_only_the_target_groups() {
-    let mut bed = start().await;
+    let mut bed = start(Flavor::Mariadb).await;
     let h = hosts(&bed);
     converged(&bed, &h[0], &[&h[1], &h[2]], Duration::from_secs(20)).await;
 

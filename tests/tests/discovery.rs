@@ -1,14 +1,22 @@
-//! End to end: real `mariadbd` servers (1 master, 2 replicas, GTID replication), three
-//! orchestrator peers co-located with them, all on their own loopback addresses.
+//! End to end: real database servers (1 master, 2 replicas, GTID replication), three
+//! orchestrator peers co-located with them, all on their own loopback addresses. What
+//! discovery reads from the servers runs on both flavors; the API's own behaviour on
+//! MariaDB only.
 
 use std::time::{Duration, Instant};
 
-use orch_tests::mariadb::{APP_PASSWORD, APP_USER};
+use orch_tests::db::{Flavor, APP_PASSWORD, APP_USER};
 use orch_tests::peer::{get_json, http_client, poll_json};
-use orch_tests::TestBed;
+use orch_tests::{on_both_flavors, TestBed};
 use serde_json::Value;
 
 const ALIAS: &str = "it";
+
+on_both_flavors!(
+    every_peer_discovers_the_whole_topology_from_one_seed,
+    gtid_sets_match_what_the_servers_report,
+    stopped_sql_thread_and_killed_replica_show_up_quickly,
+);
 
 fn instances(cluster: &Value) -> &Vec<Value> {
     cluster["instances"].as_array().expect("instances array")
@@ -33,9 +41,8 @@ async fn wait_full_topology(bed: &TestBed, peer: usize) -> Value {
     }
 }
 
-#[tokio::test]
-async fn every_peer_discovers_the_whole_topology_from_one_seed() {
-    let bed = TestBed::start(3, ALIAS).await.expect("test bed");
+async fn every_peer_discovers_the_whole_topology_from_one_seed(flavor: Flavor) {
+    let bed = TestBed::start_with(flavor, 3, ALIAS, |_| {}).await.expect("test bed");
     let master = bed.cluster.master().key();
     for peer in 0..bed.peers.len() {
         let c = wait_full_topology(&bed, peer).await;
@@ -44,7 +51,7 @@ async fn every_peer_discovers_the_whole_topology_from_one_seed() {
         let m = instance(&c, &master);
         assert_eq!(m["role"], "master");
         assert_eq!(m["last_probe"]["read_only"], false);
-        assert_eq!(m["last_probe"]["flavor"], "mariadb");
+        assert_eq!(m["last_probe"]["flavor"], flavor.name());
         assert!(m["last_probe"]["replication"].is_null());
         let mut replicas_of_master: Vec<String> = m["last_probe"]["replicas"]
             .as_array()
@@ -65,7 +72,11 @@ async fn every_peer_discovers_the_whole_topology_from_one_seed() {
             assert_eq!(repl["source"], master.as_str());
             assert_eq!(repl["io_thread"], "running");
             assert_eq!(repl["sql_thread"], "running");
-            assert_eq!(repl["gtid_mode"], "Slave_Pos");
+            let gtid_mode = match flavor {
+                Flavor::Mariadb => "Slave_Pos",
+                Flavor::Mysql => "auto_position",
+            };
+            assert_eq!(repl["gtid_mode"], gtid_mode);
             assert_eq!(repl["seconds_behind"], 0);
         }
     }
@@ -127,9 +138,8 @@ async fn api_errors_are_json_with_4xx_status() {
     assert_eq!(i["instance"]["reachable"], true);
 }
 
-#[tokio::test]
-async fn gtid_sets_match_what_the_servers_report() {
-    let bed = TestBed::start(3, ALIAS).await.expect("test bed");
+async fn gtid_sets_match_what_the_servers_report(flavor: Flavor) {
+    let bed = TestBed::start_with(flavor, 3, ALIAS, |_| {}).await.expect("test bed");
     let master = bed.cluster.master();
     let mut app = master.connect_as(APP_USER, APP_PASSWORD).await.unwrap();
     use mysql_async::prelude::Queryable;
@@ -137,11 +147,19 @@ async fn gtid_sets_match_what_the_servers_report() {
         app.query_drop(format!("INSERT INTO app.writes (id) VALUES ({id})")).await.unwrap();
     }
     bed.cluster.wait_replicated(Duration::from_secs(10)).await.unwrap();
-    let expected = master.scalar("SELECT @@gtid_binlog_pos").await.unwrap().unwrap();
-    assert!(expected.starts_with("0-1-"), "{expected}");
-    for s in &bed.cluster.servers {
-        assert_eq!(s.scalar("SELECT @@gtid_binlog_pos").await.unwrap().unwrap(), expected);
+    let expected = master.gtid_executed().await.unwrap();
+    match flavor {
+        Flavor::Mariadb => assert!(expected.starts_with("0-1-"), "{expected}"),
+        Flavor::Mysql => {
+            let uuid = master.scalar("SELECT @@server_uuid").await.unwrap().unwrap();
+            assert!(expected.starts_with(&format!("{uuid}:1-")), "{expected}");
+        }
     }
+    for s in &bed.cluster.servers {
+        assert_eq!(s.gtid_executed().await.unwrap(), expected);
+    }
+    // The API prints sets in one canonical form: MySQL's own text breaks lines.
+    let expected = expected.replace('\n', "");
     let url = bed.peers[1].url(&format!("/api/cluster/{ALIAS}"));
     let all_match = |c: &Value| {
         instances(c).len() == 3
@@ -152,22 +170,22 @@ async fn gtid_sets_match_what_the_servers_report() {
         Err(last) => panic!("expected every gtid_executed = {expected}, API says {last}"),
     };
     for r in &bed.cluster.servers[1..] {
-        let io_pos = r.slave_status().await.unwrap().unwrap()["Gtid_IO_Pos"].clone();
+        let status = r.replica_status().await.unwrap().unwrap();
+        let received = status.received_gtids().unwrap().replace('\n', "");
         let i = instance(&seen, &r.key());
-        assert_eq!(i["last_probe"]["replication"]["received"], io_pos.as_str());
+        assert_eq!(i["last_probe"]["replication"]["received"], received.as_str());
     }
 }
 
-#[tokio::test]
-async fn stopped_sql_thread_and_killed_replica_show_up_quickly() {
-    let mut bed = TestBed::start(3, ALIAS).await.expect("test bed");
+async fn stopped_sql_thread_and_killed_replica_show_up_quickly(flavor: Flavor) {
+    let mut bed = TestBed::start_with(flavor, 3, ALIAS, |_| {}).await.expect("test bed");
     wait_full_topology(&bed, 0).await;
     let url = bed.peers[0].url(&format!("/api/cluster/{ALIAS}"));
     let interval = Duration::from_millis(1000);
 
     // A replica's SQL thread stopped by hand.
     let replica = bed.cluster.servers[1].key();
-    bed.cluster.servers[1].exec("STOP SLAVE SQL_THREAD").await.unwrap();
+    bed.cluster.servers[1].exec("STOP REPLICA SQL_THREAD").await.unwrap();
     let stopped_at = Instant::now();
     let sql_stopped = |c: &Value| {
         let r = &instance(c, &replica)["last_probe"]["replication"];

@@ -1,20 +1,30 @@
-//! End to end: automatic failover and planned switchover on real MariaDB (semi-sync
-//! AFTER_SYNC) with three co-located peers, while a writer records every acknowledged
-//! write. After each: exactly one writable master, the others replicate from it, and
-//! every acknowledged write is on it.
+//! End to end: automatic failover and planned switchover on real MariaDB and real
+//! MySQL 9.7 (semi-sync AFTER_SYNC) with three co-located peers, while a writer records
+//! every acknowledged write. After each: exactly one writable master, the others
+//! replicate from it, and every acknowledged write is on it. Every test runs once per
+//! flavor (`mariadb::…`, `mysql::…`).
 
 use std::time::{Duration, Instant};
 
+use orch_tests::db::Flavor;
 use orch_tests::netfault::Partition;
 use orch_tests::peer::{get_json, http_client, poll_json, Peer};
 use orch_tests::writer::{ids_on, Writer, WriterReport};
-use orch_tests::TestBed;
+use orch_tests::{on_both_flavors, TestBed};
 use serde_json::Value;
 
 const ALIAS: &str = "fo";
 
-async fn start(tune: impl FnOnce(&mut orch_tests::peer::PeerGroupSpec)) -> TestBed {
-    let bed = TestBed::start_with(3, ALIAS, tune).await.expect("test bed");
+on_both_flavors!(
+    kill_9_of_the_master_fails_over_without_losing_a_write,
+    a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up,
+    a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself,
+    a_new_leader_finishes_a_recovery_whose_leader_died,
+    planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candidates,
+);
+
+async fn start(flavor: Flavor, tune: impl FnOnce(&mut orch_tests::peer::PeerGroupSpec)) -> TestBed {
+    let bed = TestBed::start_with(flavor, 3, ALIAS, tune).await.expect("test bed");
     wait_registered(&bed).await;
     bed
 }
@@ -46,20 +56,12 @@ async fn assert_one_master(bed: &TestBed, master: &str, skip: &[usize]) {
         assert_eq!(ro, "1", "{} is writable besides the master", s.key());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let st = s.slave_status().await.ok().flatten().unwrap_or_default();
-            let (host, io, sql) = (
-                st.get("Master_Host").cloned(),
-                st.get("Slave_IO_Running").cloned(),
-                st.get("Slave_SQL_Running").cloned(),
-            );
+            let st = s.replica_status().await.ok().flatten().unwrap_or_default();
             let want_host = master.split(':').next().unwrap();
-            if host.as_deref() == Some(want_host)
-                && io.as_deref() == Some("Yes")
-                && sql.as_deref() == Some("Yes")
-            {
+            if st.source_host() == Some(want_host) && st.threads_running() {
                 break;
             }
-            assert!(Instant::now() < deadline, "{} replicates from {host:?} io={io:?} sql={sql:?}", s.key());
+            assert!(Instant::now() < deadline, "{} does not replicate from {master}: {:?}", s.key(), st.0);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -103,9 +105,8 @@ fn writer(bed: &TestBed) -> Writer {
     Writer::start(hosts, Duration::from_millis(5), Duration::from_secs(2))
 }
 
-#[tokio::test]
-async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
-    let mut bed = start(|_| {}).await;
+async fn kill_9_of_the_master_fails_over_without_losing_a_write(flavor: Flavor) {
+    let mut bed = start(flavor, |_| {}).await;
     let old = bed.cluster.master().key();
     let w = writer(&bed);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -153,8 +154,8 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
     let mut rejoined = false;
     while Instant::now() < deadline {
         let ro = old_server.scalar("SELECT @@read_only").await.unwrap();
-        let host = old_server.slave_status().await.ok().flatten().and_then(|s| s.get("Master_Host").cloned());
-        if ro.as_deref() == Some("1") && host.as_deref() == Some(new_master.split(':').next().unwrap()) {
+        let status = old_server.replica_status().await.ok().flatten().unwrap_or_default();
+        if ro.as_deref() == Some("1") && status.source_host() == Some(new_master.split(':').next().unwrap()) {
             rejoined = true;
             break;
         }
@@ -168,9 +169,8 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write() {
     );
 }
 
-#[tokio::test]
-async fn a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up() {
-    let bed = start(|_| {}).await;
+async fn a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up(flavor: Flavor) {
+    let bed = start(flavor, |_| {}).await;
     let old = bed.cluster.master().key();
     let w = writer(&bed);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -187,9 +187,8 @@ async fn a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up() {
     assert_no_lost_write(&report, &new_master).await;
 }
 
-#[tokio::test]
-async fn a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself() {
-    let bed = start(|_| {}).await;
+async fn a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself(flavor: Flavor) {
+    let bed = start(flavor, |_| {}).await;
     let old = bed.cluster.master().key();
     let w = writer(&bed);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -205,10 +204,9 @@ async fn a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself() {
     assert_no_lost_write(&report, &new_master).await;
 }
 
-#[tokio::test]
-async fn a_new_leader_finishes_a_recovery_whose_leader_died() {
+async fn a_new_leader_finishes_a_recovery_whose_leader_died(flavor: Flavor) {
     // The pre-failover hook holds every recovery for 2 s: time to kill its leader.
-    let mut bed = start(|spec| spec.hooks = vec![r#"pre_failover = ["sleep 2"]"#.into()]).await;
+    let mut bed = start(flavor, |spec| spec.hooks = vec![r#"pre_failover = ["sleep 2"]"#.into()]).await;
     let old = bed.cluster.master().key();
     let w = writer(&bed);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -245,14 +243,13 @@ async fn takeover(bed: &TestBed, target: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candidates() {
-    let bed = start(|spec| spec.recovery_settings = vec!["max_lag_on_failover_s = 5".into()]).await;
+async fn planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candidates(flavor: Flavor) {
+    let bed = start(flavor, |spec| spec.recovery_settings = vec!["max_lag_on_failover_s = 5".into()]).await;
     let p = live_peer(&bed);
 
     // Replica 2 delayed by 30 s: lagging beyond the 5 s limit, refused.
     let target = &bed.cluster.servers[1];
-    target.exec("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 30; START SLAVE").await.unwrap();
+    target.exec(&flavor.delay_sql(30)).await.unwrap();
     bed.cluster.master().exec("INSERT INTO app.writes (id) VALUES (7)").await.unwrap();
     let lag_url = p.url(&format!("/api/instance/{}/3306", target.host));
     poll_json(&lag_url, Duration::from_secs(20), |i| {
@@ -264,7 +261,7 @@ async fn planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candida
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("lagging"), "{body}");
     assert_eq!(bed.cluster.master().scalar("SELECT @@read_only").await.unwrap().as_deref(), Some("0"));
-    target.exec("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE").await.unwrap();
+    target.exec(&flavor.delay_sql(0)).await.unwrap();
     poll_json(&lag_url, Duration::from_secs(20), |i| i["last_probe"]["replication"]["seconds_behind"] == 0)
         .await
         .unwrap_or_else(|last| panic!("replica never caught up: {last}"));
@@ -285,7 +282,7 @@ async fn planned_switchover_loses_no_write_and_refuses_lagging_or_errant_candida
 
     // An errant transaction on replica 3 (written locally as root, through read_only): refused.
     let errant = &bed.cluster.servers[2];
-    errant.exec("INSERT INTO app.writes (id) VALUES (42)").await.unwrap();
+    errant.write_locally("INSERT INTO app.writes (id) VALUES (42)").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = takeover(&bed, &errant.host).await;
     assert_eq!(status, 409, "{body}");

@@ -138,21 +138,57 @@ pub fn repoint_statements(
 /// received and gets nothing more, but `STOP SLAVE` (even `SQL_THREAD`) waits for the
 /// killed IO thread, whose reconnect attempt to a hung master lasts up to
 /// `slave_net_timeout` (measured: 2 s). The second part runs after, in the background.
-pub fn promote_statements(flavor: Flavor, semi_sync: bool) -> (Vec<String>, Vec<String>) {
+pub fn promote_statements(flavor: Flavor, semi_sync_source: Option<&str>) -> (Vec<String>, Vec<String>) {
     let mut now = Vec::new();
+    if let Some(variable) = semi_sync_source {
+        now.push(format!("SET GLOBAL {variable} = ON"));
+    }
     if flavor.is_mariadb() {
-        if semi_sync {
-            now.push("SET GLOBAL rpl_semi_sync_master_enabled = ON".into());
-        }
         now.push("SET GLOBAL read_only = OFF".into());
         (now, vec!["STOP SLAVE".into(), "RESET SLAVE ALL".into()])
     } else {
-        if semi_sync {
-            now.push("SET GLOBAL rpl_semi_sync_source_enabled = ON".into());
-        }
+        // A fenced former master is offline too.
+        now.push("SET GLOBAL offline_mode = OFF".into());
         now.push("SET GLOBAL super_read_only = OFF".into());
         now.push("SET GLOBAL read_only = OFF".into());
         (now, vec!["STOP REPLICA".into(), "RESET REPLICA ALL".into()])
+    }
+}
+
+/// The variable that turns the master side of semi-sync on, from the names of the
+/// server's `rpl_semi_sync_%` variables: `rpl_semi_sync_source_enabled` (MySQL and
+/// Percona 8.0.26+, plugin `semisync_source`), `rpl_semi_sync_master_enabled` (MariaDB,
+/// and MySQL/Percona before 8.0.26 with plugin `semisync_master`); `None` when no
+/// semi-sync plugin is loaded.
+pub fn semi_sync_source_variable<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+    let names: Vec<String> = names.into_iter().map(str::to_ascii_lowercase).collect();
+    ["rpl_semi_sync_source_enabled", "rpl_semi_sync_master_enabled"]
+        .into_iter()
+        .find(|v| names.iter().any(|n| n == v))
+}
+
+/// MySQL only: the statement that comes before the fence. `offline_mode` turns away
+/// new connections of accounts without `CONNECTION_ADMIN` (the application's), so no
+/// client can start a commit between the kill of the clients and `super_read_only`.
+pub fn fence_admission_statements(flavor: Flavor) -> Vec<String> {
+    if flavor.is_mariadb() {
+        Vec::new()
+    } else {
+        vec!["SET GLOBAL offline_mode = ON".into()]
+    }
+}
+
+/// MySQL only: what releases commits waiting for a semi-sync acknowledgement once
+/// their clients are killed. On MySQL (measured on 9.7) `KILL` does not end that
+/// wait, and the waiting commit holds the lock `SET GLOBAL super_read_only` waits
+/// for: the fence would hang as long as the master has no replica. With the source
+/// side off the commit completes locally, never acknowledged (its client's socket was
+/// closed by the kill): an errant transaction of the old master, which keeps it from
+/// rejoining. MariaDB ends the wait on `KILL` itself.
+pub fn release_semi_sync_waits(flavor: Flavor, semi_sync_source: Option<&str>) -> Vec<String> {
+    match semi_sync_source {
+        Some(variable) if !flavor.is_mariadb() => vec![format!("SET GLOBAL {variable} = OFF")],
+        _ => Vec::new(),
     }
 }
 
@@ -244,17 +280,29 @@ impl MysqlAdmin {
     }
 
     /// Makes `key` read-only and kills its client connections. Writes in flight get an
-    /// error, never an acknowledgement: semi-sync is left as it is, so a commit waiting
-    /// for a replica's acknowledgement is not released by the fence.
+    /// error, never an acknowledgement: on MariaDB semi-sync is left as it is, so a
+    /// commit waiting for a replica's acknowledgement is not released by the fence; on
+    /// MySQL new connections are refused first, and commits left waiting after their
+    /// clients were killed are released without an acknowledgement
+    /// ([`release_semi_sync_waits`]).
     pub async fn fence(&self, key: &InstanceKey) -> Result<(), AdminError> {
         let s = &self.settings;
         let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
             .await
             .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
         let flavor = self.flavor(key, &mut conn).await?;
+        for sql in fence_admission_statements(flavor) {
+            self.run(key, &mut conn, &sql).await?;
+        }
         // Kill first: a commit waiting for semi-sync holds the commit lock that
         // `SET GLOBAL read_only` waits for.
         self.kill_clients(key, &mut conn).await?;
+        if !flavor.is_mariadb() {
+            let variable = self.semi_sync_source_variable(key, &mut conn).await?;
+            for sql in release_semi_sync_waits(flavor, variable) {
+                self.run(key, &mut conn, &sql).await?;
+            }
+        }
         for sql in fence_statements(flavor) {
             self.run(key, &mut conn, &sql).await?;
         }
@@ -267,6 +315,21 @@ impl MysqlAdmin {
             return Err(Self::error(key, "fence", "read_only is still off"));
         }
         Ok(())
+    }
+
+    /// Which variable turns on the master side of semi-sync on `key`, if any.
+    async fn semi_sync_source_variable(
+        &self,
+        key: &InstanceKey,
+        conn: &mut Conn,
+    ) -> Result<Option<&'static str>, AdminError> {
+        let sql = "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%enabled'";
+        let rows: Vec<(String, String)> =
+            tokio::time::timeout(self.settings.statement_timeout, conn.query(sql))
+                .await
+                .map_err(|_| Self::error(key, sql, "no answer"))?
+                .map_err(|e| Self::error(key, sql, e))?;
+        Ok(semi_sync_source_variable(rows.iter().map(|(name, _)| name.as_str())))
     }
 
     async fn kill_clients(&self, key: &InstanceKey, conn: &mut Conn) -> Result<(), AdminError> {
@@ -321,13 +384,10 @@ impl MysqlAdmin {
     /// replica that connects while it is off never acknowledges.
     pub async fn enable_semi_sync_master(&self, key: &InstanceKey) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
-        let flavor = self.flavor(key, &mut conn).await?;
-        let sql = if flavor.is_mariadb() {
-            "SET GLOBAL rpl_semi_sync_master_enabled = ON"
-        } else {
-            "SET GLOBAL rpl_semi_sync_source_enabled = ON"
+        let Some(variable) = self.semi_sync_source_variable(key, &mut conn).await? else {
+            return Err(Self::error(key, "semi-sync", "no semi-sync plugin is loaded"));
         };
-        self.run(key, &mut conn, sql).await
+        self.run(key, &mut conn, &format!("SET GLOBAL {variable} = ON")).await
     }
 
     /// Stops replication on `key`, forgets its source and makes it writable.
@@ -335,7 +395,9 @@ impl MysqlAdmin {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
         self.kill_io_thread(key, &mut conn).await;
-        let (now, after) = promote_statements(flavor, semi_sync);
+        let semi_sync_source =
+            if semi_sync { self.semi_sync_source_variable(key, &mut conn).await? } else { None };
+        let (now, after) = promote_statements(flavor, semi_sync_source);
         for sql in now {
             self.run(key, &mut conn, &sql).await?;
         }
@@ -375,9 +437,13 @@ impl MysqlAdmin {
         let rows: Vec<mysql_async::Row> =
             conn.query(status_sql).await.map_err(|e| Self::error(key, status_sql, e))?;
         let was_master = rows.is_empty();
-        if flavor.is_mariadb() {
-            // A replica must not wait for acknowledgements of its own.
-            self.run(key, &mut conn, "SET GLOBAL rpl_semi_sync_master_enabled = OFF").await.ok();
+        // A replica must not wait for acknowledgements of its own.
+        if let Ok(Some(variable)) = self.semi_sync_source_variable(key, &mut conn).await {
+            self.run(key, &mut conn, &format!("SET GLOBAL {variable} = OFF")).await.ok();
+        }
+        if !flavor.is_mariadb() {
+            // A fenced former master was taken offline; a replica serves reads.
+            self.run(key, &mut conn, "SET GLOBAL offline_mode = OFF").await?;
         }
         self.kill_io_thread(key, &mut conn).await;
         let s = &self.settings;
@@ -433,15 +499,48 @@ mod tests {
 
     #[test]
     fn promote_and_fence_per_flavor() {
-        let (now, after) = promote_statements(Flavor::MariaDb, true);
+        let (now, after) = promote_statements(Flavor::MariaDb, Some("rpl_semi_sync_master_enabled"));
         assert_eq!(now, vec!["SET GLOBAL rpl_semi_sync_master_enabled = ON", "SET GLOBAL read_only = OFF"]);
         assert_eq!(after, vec!["STOP SLAVE", "RESET SLAVE ALL"]);
-        let (my, after) = promote_statements(Flavor::MySql, false);
-        assert!(my.contains(&"SET GLOBAL super_read_only = OFF".to_string()));
+        let (my, after) = promote_statements(Flavor::MySql, None);
+        assert_eq!(
+            my,
+            vec![
+                "SET GLOBAL offline_mode = OFF",
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF"
+            ]
+        );
+        let (percona, _) = promote_statements(Flavor::Percona, Some("rpl_semi_sync_source_enabled"));
+        assert_eq!(percona[0], "SET GLOBAL rpl_semi_sync_source_enabled = ON");
         assert!(!my.iter().any(|s| s.contains("semi_sync")));
         assert_eq!(after, vec!["STOP REPLICA", "RESET REPLICA ALL"]);
         assert_eq!(fence_statements(Flavor::MySql), vec!["SET GLOBAL super_read_only = ON"]);
         assert_eq!(fence_statements(Flavor::MariaDb), vec!["SET GLOBAL read_only = ON"]);
+        assert_eq!(fence_admission_statements(Flavor::MySql), vec!["SET GLOBAL offline_mode = ON"]);
+        assert!(fence_admission_statements(Flavor::MariaDb).is_empty());
+        assert_eq!(
+            release_semi_sync_waits(Flavor::Percona, Some("rpl_semi_sync_master_enabled")),
+            vec!["SET GLOBAL rpl_semi_sync_master_enabled = OFF"]
+        );
+        assert!(release_semi_sync_waits(Flavor::MariaDb, Some("rpl_semi_sync_master_enabled")).is_empty());
+        assert!(release_semi_sync_waits(Flavor::MySql, None).is_empty());
+    }
+
+    #[test]
+    fn semi_sync_variable_names_of_every_version() {
+        // MySQL 8.0.26+ / 9.x with semisync_source.so (recorded on 9.7.4).
+        let mysql_9 = ["rpl_semi_sync_replica_enabled", "rpl_semi_sync_source_enabled"];
+        assert_eq!(semi_sync_source_variable(mysql_9), Some("rpl_semi_sync_source_enabled"));
+        // Percona Server 8.0 before 8.0.26 / MariaDB: the master/slave names.
+        let percona_80 = ["rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled"];
+        assert_eq!(semi_sync_source_variable(percona_80), Some("rpl_semi_sync_master_enabled"));
+        assert_eq!(
+            semi_sync_source_variable(["Rpl_Semi_Sync_Master_Enabled"]),
+            Some("rpl_semi_sync_master_enabled")
+        );
+        // No plugin loaded.
+        assert_eq!(semi_sync_source_variable([]), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mysql_async::prelude::Queryable;
-use orch_tests::mariadb::{APP_PASSWORD, APP_USER};
+use orch_tests::db::{Flavor, APP_PASSWORD, APP_USER};
 use orch_tests::peer::http_client;
 use orch_tests::raft::{raft_state, rss_kib, wait_agreed_leader};
 use orch_tests::writer::Writer;
@@ -41,10 +41,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         write_seconds: u64,
     },
-    /// Master failover on real MariaDB with 3 peers: kill -9 and SIGSTOP of the master
-    /// at a random moment (kill to a write acknowledged by the new master), and the
-    /// write gap of planned switchovers.
+    /// Master failover on real MariaDB and/or MySQL 9.7 with 3 peers: kill -9 and
+    /// SIGSTOP of the master at a random moment (kill to a write acknowledged by the
+    /// new master), and the write gap of planned switchovers.
     Failover {
+        /// Which server flavor: mariadb, mysql, or both (one after the other, figures
+        /// side by side).
+        #[arg(long, default_value = "mariadb", value_parser = ["mariadb", "mysql", "both"])]
+        flavor: String,
         /// Rounds of each kind.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -109,7 +113,13 @@ fn ms(d: Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Cmd::Raft { peers, rounds, write_seconds } => raft(peers, rounds, write_seconds).await,
-        Cmd::Failover { rounds, kinds } => failover(rounds, &kinds).await,
+        Cmd::Failover { flavor, rounds, kinds } => {
+            let flavors = match flavor.as_str() {
+                "both" => Flavor::ALL.to_vec(),
+                one => vec![Flavor::parse(one)?],
+            };
+            failover(&flavors, rounds, &kinds).await
+        }
     }
 }
 
@@ -223,8 +233,8 @@ const BENCH_ALIAS: &str = "bench";
 
 /// A test bed whose cluster is registered in Raft, master on host 1, and whose
 /// target groups hold it (write) and the replicas (read) in moto.
-async fn failover_bed() -> anyhow::Result<AwsBed> {
-    let bed = AwsBed::start(3, BENCH_ALIAS, |spec| {
+async fn failover_bed(flavor: Flavor) -> anyhow::Result<AwsBed> {
+    let bed = AwsBed::start(flavor, 3, BENCH_ALIAS, |spec| {
         spec.recovery_settings = vec!["anti_flap_s = 0".into()];
     })
     .await?;
@@ -279,22 +289,67 @@ async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Dura
     }
 }
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name:<47} n={:<3} p50 {:>7}  p99 {:>7}  max {:>7}",
-        samples.len(),
-        ms(percentile(&samples, 0.5)),
-        ms(percentile(&samples, 0.99)),
-        ms(percentile(&samples, 1.0))
-    );
+/// `n=10 p50 140 ms p99 198 ms max 198 ms` of one measurement.
+fn figures(samples: &[Duration]) -> String {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    format!(
+        "n={:<3} p50 {:>7} p99 {:>7} max {:>7}",
+        sorted.len(),
+        ms(percentile(&sorted, 0.5)),
+        ms(percentile(&sorted, 0.99)),
+        ms(percentile(&sorted, 1.0))
+    )
 }
 
-async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
-    let mut rng = Rng::seeded();
+/// Every measurement, one row each, one column of figures per flavor.
+fn print_table(results: &[(Flavor, Vec<(String, Vec<Duration>)>)]) {
+    let names: Vec<&String> =
+        results.first().map(|(_, r)| r.iter().map(|(n, _)| n).collect()).unwrap_or_default();
+    let mut header = format!("{:<47}", "measurement");
+    for (flavor, _) in results {
+        header.push_str(&format!(" | {:<42}", flavor.name()));
+    }
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for (i, name) in names.iter().enumerate() {
+        let mut row = format!("{name:<47}");
+        for (_, r) in results {
+            let cell = r.get(i).map(|(_, s)| figures(s)).unwrap_or_default();
+            row.push_str(&format!(" | {cell:<42}"));
+        }
+        println!("{row}");
+    }
+}
+
+async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &flavor in flavors {
+        let version = match flavor {
+            Flavor::Mariadb => "MariaDB".to_string(),
+            Flavor::Mysql => orch_tests::db::MysqlRoot::find()?.version()?,
+        };
+        println!(
+            "failover benchmark on {version}: semi-sync AFTER_SYNC, 3 hosts (server + peer each), \
+             probe interval 1 s"
+        );
+        results.push((flavor, failover_on(flavor, rounds, kinds).await?));
+        println!();
+    }
+    print_table(&results);
     println!(
-        "failover benchmark: MariaDB semi-sync AFTER_SYNC, 3 hosts (server + peer each), probe interval 1 s"
+        "\n(*) the stand-in health-checks {NLB_TIME_SCALE}x faster than the target groups say (5 s interval, \
+         threshold 2); on AWS a newly registered target takes traffic only after ~10 s of passing checks"
     );
+    Ok(())
+}
+
+async fn failover_on(
+    flavor: Flavor,
+    rounds: usize,
+    kinds: &[String],
+) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    let mut rng = Rng::seeded();
     let mut results: Vec<(String, Vec<Duration>)> = Vec::new();
     for kind in kinds {
         let mut samples = Vec::new();
@@ -302,7 +357,7 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
             "kill" | "stop" => {
                 let (mut group_samples, mut nlb_samples) = (Vec::new(), Vec::new());
                 for round in 1..=rounds {
-                    let mut bed = failover_bed().await?;
+                    let mut bed = failover_bed(flavor).await?;
                     let others: Vec<String> =
                         bed.bed.cluster.servers[1..].iter().map(|s| s.host.clone()).collect();
                     // A random moment relative to the probe cycle.
@@ -322,8 +377,9 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                     );
                     let (took, moved, through_nlb) = (took?, moved?, through_nlb?);
                     println!(
-                        "{kind:>6} round {round:>2}: new master writable after {}, write group moved after {}, \
+                        "{:>7} {kind:>4} round {round:>2}: new master writable after {}, write group moved after {}, \
                          write through the NLB stand-in after {}",
+                        flavor.name(),
                         ms(took),
                         ms(moved),
                         ms(through_nlb)
@@ -341,7 +397,7 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                 results.push((format!("{fault} -> write through the NLB stand-in (*)"), nlb_samples));
             }
             "switchover" => {
-                let bed = failover_bed().await?;
+                let bed = failover_bed(flavor).await?;
                 let hosts: Vec<String> = bed.bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
                 for round in 1..=rounds {
                     let target = &hosts[round % hosts.len()];
@@ -359,7 +415,8 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                         anyhow::bail!("switchover to {target} failed: {body}");
                     }
                     println!(
-                        "switchover round {round:>2} to {target}: write gap {} ({} writes acknowledged)",
+                        "{:>7} switchover round {round:>2} to {target}: write gap {} ({} writes acknowledged)",
+                        flavor.name(),
                         ms(report.longest_gap),
                         report.acknowledged.len()
                     );
@@ -369,7 +426,7 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
             }
             "stall" => {
                 // SIGSTOP for 0.9 s, then SIGCONT: no failover may follow.
-                let bed = failover_bed().await?;
+                let bed = failover_bed(flavor).await?;
                 let url = bed.bed.peers[0].url("/api/raft/state-machine");
                 let mut failovers = 0;
                 for round in 1..=rounds {
@@ -383,18 +440,13 @@ async fn failover(rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
                     println!("stall round {round:>2}: 0.9 s SIGSTOP, recoveries so far: {n}");
                     failovers = n;
                 }
-                println!("\n0.9 s stalls: {rounds} rounds, {failovers} failover(s) caused");
+                println!(
+                    "\n{}: 0.9 s stalls, {rounds} rounds, {failovers} failover(s) caused",
+                    flavor.name()
+                );
             }
             other => anyhow::bail!("unknown kind `{other}` (kill, stop, switchover, stall)"),
         }
     }
-    println!();
-    for (name, samples) in results {
-        summary(&name, samples);
-    }
-    println!(
-        "\n(*) the stand-in health-checks {NLB_TIME_SCALE}x faster than the target groups say (5 s interval, \
-         threshold 2); on AWS a newly registered target takes traffic only after ~10 s of passing checks"
-    );
-    Ok(())
+    Ok(results)
 }

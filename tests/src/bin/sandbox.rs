@@ -1,5 +1,6 @@
 //! `sandbox`: the local sandbox behind `deploy/sandbox`. Three simulated hosts on
-//! 127.0.1.1-3, each with a `mariadbd` (127.0.1.1 the master) and an orchestrator peer
+//! 127.0.1.1-3, each with a database server (MariaDB by default, MySQL 9.7 with
+//! `up --flavor mysql`; 127.0.1.1 the master) and an orchestrator peer
 //! on the production ports; on 127.0.1.4 the AWS emulator (`moto_server`, port 5000)
 //! holding the cluster's NLB, target groups and DynamoDB table, which the peers
 //! manage, and the NLB stand-in (3306 writes, 3307 reads). All left running in the
@@ -16,8 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use orch_tests::aws::{self, ClusterResources, Moto};
+use orch_tests::db::{DbCluster, Flavor};
 use orch_tests::hosts::HostBlock;
-use orch_tests::mariadb::MariaDbCluster;
 use orch_tests::peer::{self, client_with_token, workspace_root, PeerAws, PeerGroupSpec, TokenSpec};
 use orch_tests::process::{kill_recorded, Lifetime};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ const HOSTS: u8 = 3;
 const ALIAS: &str = "sandbox";
 
 #[derive(Parser, Debug)]
-#[command(about = "Local sandbox: 3 MariaDB servers, 3 orchestrator peers and the AWS emulator on loopback")]
+#[command(about = "Local sandbox: 3 database servers, 3 orchestrator peers and the AWS emulator on loopback")]
 struct Args {
     /// Where the sandbox keeps its data and logs.
     #[arg(long, env = "ORCH_SANDBOX_DIR")]
@@ -39,7 +40,11 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Start everything and wait until the topology is discovered.
-    Up,
+    Up {
+        /// The database servers: mariadb (MariaDB 10.11) or mysql (MySQL 9.7).
+        #[arg(long, default_value = "mariadb", value_parser = ["mariadb", "mysql"])]
+        flavor: String,
+    },
     /// Show processes, URLs and the topology as the peers see it.
     Status,
     /// Stop everything and delete the sandbox's data.
@@ -52,7 +57,11 @@ enum Cmd {
 #[derive(Serialize, Deserialize, Debug)]
 struct SandboxState {
     hosts: Vec<String>,
-    mariadbd_pids: Vec<u32>,
+    /// `mariadb` or `mysql`.
+    #[serde(default = "default_flavor")]
+    flavor: String,
+    #[serde(alias = "mariadbd_pids")]
+    server_pids: Vec<u32>,
     peer_pids: Vec<u32>,
     /// The AWS host: moto on port 5000, the NLB stand-in on 3306/3307.
     #[serde(default)]
@@ -70,11 +79,15 @@ struct SandboxState {
     read_token_file: PathBuf,
 }
 
+fn default_flavor() -> String {
+    "mariadb".into()
+}
+
 impl SandboxState {
     fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.nlb_pid];
         pids.extend(&self.peer_pids);
-        pids.extend(&self.mariadbd_pids);
+        pids.extend(&self.server_pids);
         pids.push(self.moto_pid);
         pids.retain(|p| *p != 0);
         pids
@@ -135,7 +148,10 @@ async fn main() {
     let args = Args::parse();
     let dir = args.dir.unwrap_or_else(|| workspace_root().join(".sandbox"));
     let result = match args.command {
-        Cmd::Up => up(&dir).await,
+        Cmd::Up { flavor } => match Flavor::parse(&flavor) {
+            Ok(flavor) => up(&dir, flavor).await,
+            Err(e) => Err(e),
+        },
         Cmd::Status => status(&dir).await,
         Cmd::Down => down(&dir),
         Cmd::Nlb => serve_nlb(&dir).await,
@@ -146,7 +162,7 @@ async fn main() {
     }
 }
 
-async fn up(dir: &Path) -> anyhow::Result<()> {
+async fn up(dir: &Path, flavor: Flavor) -> anyhow::Result<()> {
     if let Some(state) = read_state(dir) {
         if state.pids().iter().any(|p| alive(*p)) {
             println!("sandbox is already up ({}).", dir.display());
@@ -169,10 +185,14 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         "created NLB {}-nlb, target groups {0}-write (3306) and {0}-read (3307), DynamoDB table {}",
         resources.cluster_id, resources.table
     );
-    println!("starting 3 MariaDB servers on {} (port 3306) ...", hosts.join(", "));
-    let mut cluster = MariaDbCluster::start(&hosts, dir, block.state_dir(), Lifetime::Detached, &[])
+    let server_name = match flavor {
+        Flavor::Mariadb => "MariaDB".to_string(),
+        Flavor::Mysql => orch_tests::db::MysqlRoot::find()?.version()?,
+    };
+    println!("starting 3 database servers on {} (port 3306): {server_name} ...", hosts.join(", "));
+    let mut cluster = DbCluster::start(flavor, &hosts, dir, block.state_dir(), Lifetime::Detached, &[])
         .await
-        .context("starting MariaDB")?;
+        .with_context(|| format!("starting the {} servers", flavor.name()))?;
     println!("replication: {} is master, {} replicate with GTID", hosts[0], hosts[1..].join(" and "));
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens)?;
@@ -191,7 +211,8 @@ async fn up(dir: &Path) -> anyhow::Result<()> {
         .context("starting orchestrator peers")?;
     let mut state = SandboxState {
         hosts: hosts.clone(),
-        mariadbd_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
+        flavor: flavor.name().to_string(),
+        server_pids: cluster.servers.iter_mut().filter_map(|s| s.detach()).collect(),
         peer_pids: peers.iter_mut().filter_map(|p| p.detach()).collect(),
         aws_host: aws_host.clone(),
         moto_pid: moto.detach(),
@@ -262,14 +283,15 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
         println!("sandbox is down (no {}).", state_path(dir).display());
         return Ok(());
     };
-    println!("{:<12} {:<22} {:<22}", "HOST", "MARIADBD :3306", "ORCHESTRATOR :3000");
+    let server_column = if state.flavor == "mysql" { "MYSQLD :3306" } else { "MARIADBD :3306" };
+    println!("{:<12} {:<22} {:<22}", "HOST", server_column, "ORCHESTRATOR :3000");
     for (i, host) in state.hosts.iter().enumerate() {
         let show = |pid: Option<&u32>| match pid {
             Some(p) if alive(*p) => format!("running (pid {p})"),
             Some(p) => format!("DOWN (was pid {p})"),
             None => "-".into(),
         };
-        println!("{host:<12} {:<22} {:<22}", show(state.mariadbd_pids.get(i)), show(state.peer_pids.get(i)));
+        println!("{host:<12} {:<22} {:<22}", show(state.server_pids.get(i)), show(state.peer_pids.get(i)));
     }
     println!();
     let endpoints: Vec<String> = state.hosts.iter().map(|h| format!("{h}:3000")).collect();
