@@ -52,6 +52,7 @@ ensure_python_packages() {
 # a minimal Debian root of its own, outside the repository, run through that root's
 # loader (DESIGN.md section 7). Built once (about 30 s), checked on every call, rebuilt
 # when it no longer runs. Exports ORCH_MYSQL_ROOT, where the test bed looks for it.
+# Only a directory this function made (marked `.orch-made`) is ever deleted.
 mysql_root_dir() {
   echo "${ORCH_MYSQL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/orch/mysql-root}"
 }
@@ -61,7 +62,21 @@ mysql_root_works() {
   [ -f "$root/.orch-ready" ] || return 1
   "$root/lib64/ld-linux-x86-64.so.2" \
     --library-path "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu" \
-    "$root/usr/sbin/mysqld" --version 2>/dev/null | grep -q "Ver "
+    "$root/usr/sbin/mysqld" --version 2>/dev/null | grep -q "Ver 9\."
+}
+
+# Unmounts what a killed debootstrap may have left mounted under $1, then removes it.
+remove_built_root() {
+  local dir="$1" sudo="$2" mount
+  [ -e "$dir" ] || return 0
+  if [ ! -f "$dir/.orch-made" ]; then
+    echo "$dir exists but was not made by ensure_mysql_root: remove it or set ORCH_MYSQL_ROOT" >&2
+    return 1
+  fi
+  awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mount; do
+    $sudo umount -l "$mount" || true
+  done
+  $sudo rm -rf --one-file-system "$dir"
 }
 
 ensure_mysql_root() {
@@ -72,14 +87,27 @@ ensure_mysql_root() {
     echo "MySQL root: $root"
     return 0
   fi
+  mkdir -p "$(dirname "$root")"
+  # One builder at a time (the tests and the sandbox may both ask).
+  exec 9>"$root.lock"
+  flock 9
+  if mysql_root_works "$root"; then
+    echo "MySQL root: $root"
+    exec 9>&-
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo="sudo -n"
+    $sudo true 2>/dev/null || { echo "building the MySQL root needs root or password-less sudo" >&2; return 1; }
+  fi
   apt_install debootstrap
   [ -e "$root" ] && echo "the MySQL root at $root does not run: building it again"
   echo "building the MySQL root (Debian sid, mysql-server-core) in $root"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   local building="$root.building"
-  $sudo rm -rf "$building" "$root"
-  mkdir -p "$(dirname "$root")"
+  remove_built_root "$building" "$sudo" || return 1
+  remove_built_root "$root" "$sudo" || return 1
+  mkdir -p "$building" && touch "$building/.orch-made"
   local log="$root.debootstrap.log"
   if ! $sudo debootstrap --variant=minbase --include=mysql-server-core,mysql-client-core \
       sid "$building" http://deb.debian.org/debian >"$log" 2>&1; then
@@ -89,7 +117,8 @@ ensure_mysql_root() {
   fi
   [ -z "$sudo" ] || $sudo chown -R "$(id -u):$(id -g)" "$building"
   touch "$building/.orch-ready"
-  mv "$building" "$root"
+  mv -T "$building" "$root"
+  exec 9>&-
   mysql_root_works "$root" || { echo "the MySQL root at $root was built but mysqld does not run" >&2; return 1; }
   echo "MySQL root ready: $("$root/lib64/ld-linux-x86-64.so.2" \
     --library-path "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu" \

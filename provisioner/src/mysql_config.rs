@@ -120,7 +120,8 @@ pub fn render(c: &MysqlServerConfig) -> String {
             }
         }
         ServerFlavor::Mysql => {
-            // The names of 8.0.26 and later (the old ones are gone in 9.x).
+            // The names of 8.0.26 and later (the old ones are gone in 9.x), and the
+            // redo log setting of 8.0.30 and later: MySQL / Percona 8.0.30+.
             line("log-replica-updates", &"ON");
             line("replica-net-timeout", &c.replica_net_timeout_s);
             line("innodb-redo-log-capacity", &format!("{}M", c.innodb_log_mb));
@@ -129,16 +130,17 @@ pub fn render(c: &MysqlServerConfig) -> String {
             line("super-read-only", &if c.read_only { "ON" } else { "OFF" });
             line("replica-preserve-commit-order", &"ON");
             if c.semi_sync {
-                // The plugins' variables exist only once the plugins are loaded:
-                // `loose-` keeps `mysqld --initialize` (which loads no plugin) from
-                // refusing them as unknown.
+                // The plugins' variables exist only once the plugins are loaded, and
+                // `mysqld --initialize` loads none: initialize with `semi_sync` off.
+                // (No `loose-` prefix: a node whose plugin fails to load must not
+                // start and silently replicate asynchronously.)
                 line("plugin-load-add", &"semisync_source.so");
                 line("plugin-load-add", &"semisync_replica.so");
-                line("loose-rpl-semi-sync-source-enabled", &if c.read_only { "OFF" } else { "ON" });
-                line("loose-rpl-semi-sync-replica-enabled", &"ON");
-                line("loose-rpl-semi-sync-source-wait-point", &"AFTER_SYNC");
-                line("loose-rpl-semi-sync-source-wait-no-replica", &"ON");
-                line("loose-rpl-semi-sync-source-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
+                line("rpl-semi-sync-source-enabled", &if c.read_only { "OFF" } else { "ON" });
+                line("rpl-semi-sync-replica-enabled", &"ON");
+                line("rpl-semi-sync-source-wait-point", &"AFTER_SYNC");
+                line("rpl-semi-sync-source-wait-no-replica", &"ON");
+                line("rpl-semi-sync-source-timeout", &SEMI_SYNC_NEVER_FALL_BACK_MS);
             }
         }
     }
@@ -185,11 +187,12 @@ mod tests {
         assert!(text.contains("super-read-only = OFF\n"));
         assert!(text.contains("read-only = OFF\n"));
         assert!(!text.contains("gtid-strict-mode"));
-        // MySQL 9.x knows only the new names; the plugin variables are `loose-`.
+        // MySQL 9.x knows only the new names.
         assert!(text.contains("log-replica-updates = ON\n"));
         assert!(text.contains("replica-net-timeout = 4\n"));
         assert!(!text.contains("slave"));
-        assert!(text.contains("loose-rpl-semi-sync-source-wait-point = AFTER_SYNC\n"));
+        assert!(text.contains("\nrpl-semi-sync-source-wait-point = AFTER_SYNC\n"));
+        assert!(!text.contains("loose-"));
         assert!(text.contains("innodb-redo-log-capacity = 16M\n"));
     }
 }

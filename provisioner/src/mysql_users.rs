@@ -26,10 +26,12 @@ pub enum UserRole {
 /// MariaDB 10.11 splits what `SUPER` once allowed into `READ_ONLY ADMIN` (turning
 /// `read_only` off), `SLAVE MONITOR`, `REPLICATION SLAVE ADMIN`, `REPLICATION MASTER
 /// ADMIN` (`SHOW SLAVE HOSTS`) and `BINLOG ADMIN`; MySQL 8.0+ into dynamic
-/// privileges: `SYSTEM_VARIABLES_ADMIN` (`SET GLOBAL read_only`, semi-sync),
-/// `CONNECTION_ADMIN` (killing other users' connections, and connecting while the
-/// server is read-only or full), `REPLICATION_SLAVE_ADMIN` (`CHANGE REPLICATION
-/// SOURCE`, `START/STOP REPLICA`); `RELOAD` is for `RESET REPLICA`.
+/// privileges: `SYSTEM_VARIABLES_ADMIN` (`SET GLOBAL read_only`, semi-sync,
+/// `offline_mode`), `CONNECTION_ADMIN` (killing other users' connections, setting
+/// `offline_mode` and connecting while it is on), `REPLICATION_SLAVE_ADMIN`
+/// (`CHANGE REPLICATION SOURCE`, `START/STOP REPLICA`); `RELOAD` is for `RESET
+/// REPLICA`. The application must hold none of these (nor `SUPER` or `SYSTEM_USER`):
+/// the fence relies on killing its sessions and keeping it out.
 pub fn global_privileges(flavor: ServerFlavor, role: UserRole) -> &'static [&'static str] {
     match (flavor, role) {
         (ServerFlavor::Mariadb, UserRole::Orchestrator) => &[

@@ -185,7 +185,8 @@ impl MysqlRoot {
 static MYSQL_TEMPLATE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 extern "C" fn remove_mysql_template() {
-    if let Ok(guard) = MYSQL_TEMPLATE.lock() {
+    // Never wait at exit for a thread still initializing.
+    if let Ok(guard) = MYSQL_TEMPLATE.try_lock() {
         if let Some(dir) = guard.as_ref().and_then(|d| d.parent()) {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -213,6 +214,8 @@ fn mysql_template(root: &MysqlRoot) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&base);
     let mut cfg = MysqlServerConfig::small(ServerFlavor::Mysql, 1, "127.0.0.1", 3306, base.clone());
     cfg.os_user = Some("root".into());
+    // `--initialize` loads no plugin, so knows no semi-sync variable.
+    cfg.semi_sync = false;
     for d in [&cfg.datadir, &cfg.run_dir, &cfg.tmp_dir] {
         std::fs::create_dir_all(d)?;
     }
@@ -232,18 +235,20 @@ fn mysql_template(root: &MysqlRoot) -> anyhow::Result<PathBuf> {
     // Every copy must make its own server_uuid.
     let _ = std::fs::remove_file(cfg.datadir.join("auto.cnf"));
     eprintln!("mysql template initialized in {:?} ({})", started.elapsed(), root.version()?);
-    if guard.is_none() {
-        // SAFETY: registers a plain extern "C" function to run at process exit.
-        unsafe { libc::atexit(remove_mysql_template) };
-    }
+    // SAFETY: registers a plain extern "C" function to run at process exit.
+    unsafe { libc::atexit(remove_mysql_template) };
     *guard = Some(cfg.datadir.clone());
     Ok(cfg.datadir)
 }
 
-/// `cp -a` of a directory tree (reflinked where the file system can).
+/// `cp -a` of a directory tree to `to` (replaced if it exists; reflinked where the
+/// file system can).
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("cannot remove {}", to.display()))?;
+    }
     let out = Command::new("cp")
-        .arg("-a")
+        .arg("-aT")
         .arg("--reflink=auto")
         .arg(from)
         .arg(to)

@@ -77,7 +77,8 @@ async fn every_peer_discovers_the_whole_topology_from_one_seed(flavor: Flavor) {
                 Flavor::Mysql => "auto_position",
             };
             assert_eq!(repl["gtid_mode"], gtid_mode);
-            assert_eq!(repl["seconds_behind"], 0);
+            // MySQL may show a second of lag just after the set-up's last commit.
+            assert!(repl["seconds_behind"].as_u64().is_some_and(|s| s <= 1), "{repl}");
         }
     }
 

@@ -175,3 +175,44 @@ async fn semi_sync_runs_through_the_plugins_and_never_falls_back() {
         .unwrap();
     assert_eq!(status_variable(new, "Rpl_semi_sync_source_status").await, "ON");
 }
+
+#[tokio::test]
+async fn a_master_whose_commits_wait_for_semi_sync_is_fenced_through_them() {
+    let bed = start().await;
+    let master = bed.cluster.master();
+    // No replica receives: the application's next commit waits for an acknowledgement
+    // that will not come, and on MySQL a KILL does not end that wait.
+    for r in &bed.cluster.servers[1..] {
+        r.exec("STOP REPLICA IO_THREAD").await.unwrap();
+    }
+    wait_status_variable(master, "Rpl_semi_sync_source_clients", "0", Duration::from_secs(10)).await;
+    let mut app = master.connect_as(APP_USER, APP_PASSWORD).await.unwrap();
+    let insert = tokio::spawn(async move { app.query_drop("INSERT INTO app.writes (id) VALUES (20)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!insert.is_finished(), "the commit did not wait");
+
+    // A forced failover fences the live master first.
+    let url = bed.peers[0].url(&format!("/api/force-master-failover/{ALIAS}"));
+    let resp = orch_tests::peer::http_client().post(&url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    eprintln!("forced failover steps: {}", body["recovery"]["steps"]);
+    let new_master = body["recovery"]["new_master"].as_str().unwrap().to_string();
+    assert_ne!(new_master, master.key());
+
+    // The waiting commit was never acknowledged to its client.
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), insert).await.expect("the commit ended").unwrap();
+    assert!(outcome.is_err(), "a commit no replica has was acknowledged");
+    // The old master: read-only, offline to the application, semi-sync as it was.
+    assert_eq!(master.scalar("SELECT @@super_read_only").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(master.scalar("SELECT @@offline_mode").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(master.scalar("SELECT @@rpl_semi_sync_source_enabled").await.unwrap().as_deref(), Some("1"));
+    assert!(master.connect_as(APP_USER, APP_PASSWORD).await.is_err(), "the application still connects");
+    // The new master never had the unacknowledged row.
+    let new = bed.cluster.servers.iter().find(|s| s.key() == new_master).unwrap();
+    let ids: Vec<u64> =
+        new.root().await.unwrap().query("SELECT id FROM app.writes WHERE id = 20").await.unwrap();
+    assert!(ids.is_empty());
+}

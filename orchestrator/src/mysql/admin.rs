@@ -167,15 +167,32 @@ pub fn semi_sync_source_variable<'a>(names: impl IntoIterator<Item = &'a str>) -
         .find(|v| names.iter().any(|n| n == v))
 }
 
-/// MySQL only: the statement that comes before the fence. `offline_mode` turns away
-/// new connections of accounts without `CONNECTION_ADMIN` (the application's), so no
-/// client can start a commit between the kill of the clients and `super_read_only`.
+/// MySQL only: the statement that comes before a fence through semi-sync waits.
+/// `offline_mode` turns away new connections of accounts without `CONNECTION_ADMIN`
+/// (the application's), so no client can start a commit between the kill of the
+/// clients and `super_read_only`.
 pub fn fence_admission_statements(flavor: Flavor) -> Vec<String> {
     if flavor.is_mariadb() {
         Vec::new()
     } else {
         vec!["SET GLOBAL offline_mode = ON".into()]
     }
+}
+
+/// How long a plain MySQL fence may take before the master is taken for one whose
+/// commits wait for semi-sync acknowledgements (a healthy one answers in milliseconds).
+pub const PLAIN_FENCE_WAIT: Duration = Duration::from_millis(500);
+
+/// MySQL: client sessions still alive after the kill, but the orchestrator's own
+/// (other peers probe all the time, and never write): any of them could commit without
+/// an acknowledgement once the semi-sync waits are released.
+pub fn surviving_sessions_sql(orchestrator_user: &str) -> String {
+    format!(
+        "SELECT ID, USER FROM information_schema.PROCESSLIST \
+         WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Killed' AND USER NOT IN ('system user', 'event_scheduler', {}) \
+         AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Connect')",
+        quote(orchestrator_user)
+    )
 }
 
 /// MySQL only: what releases commits waiting for a semi-sync acknowledgement once
@@ -202,11 +219,18 @@ pub fn fence_statements(flavor: Flavor) -> Vec<String> {
 }
 
 /// Client connections to kill when fencing: everything but replication, system
-/// threads and ourselves.
-pub const CLIENT_CONNECTIONS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
-     WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler') \
-     AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', \
-     'Slave_worker', 'Connect')";
+/// threads and the orchestrator's own sessions (probes, and other peers fencing the
+/// same instance at the same time: killing each other's statements, two fencers
+/// would never finish; none of them writes).
+pub fn client_connections_sql(orchestrator_user: &str) -> String {
+    format!(
+        "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler', {}) \
+         AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', \
+         'Slave_worker', 'Connect')",
+        quote(orchestrator_user)
+    )
+}
 
 /// The replication IO threads (MariaDB `Slave_IO`; MySQL shows `Connect`).
 pub const IO_THREADS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
@@ -280,31 +304,48 @@ impl MysqlAdmin {
     }
 
     /// Makes `key` read-only and kills its client connections. Writes in flight get an
-    /// error, never an acknowledgement: on MariaDB semi-sync is left as it is, so a
-    /// commit waiting for a replica's acknowledgement is not released by the fence; on
-    /// MySQL new connections are refused first, and commits left waiting after their
-    /// clients were killed are released without an acknowledgement
-    /// ([`release_semi_sync_waits`]).
+    /// error, never an acknowledgement: semi-sync is left as it is, so a commit waiting
+    /// for a replica's acknowledgement is not released by the fence.
+    ///
+    /// On MySQL a `KILL` does not end such a wait (measured on 9.7), and the waiting
+    /// commit holds up `SET GLOBAL super_read_only` as long as the master has no
+    /// replica: when the plain fence does not finish within [`PLAIN_FENCE_WAIT`],
+    /// [`MysqlAdmin::fence_through_semi_sync_waits`] takes over.
     pub async fn fence(&self, key: &InstanceKey) -> Result<(), AdminError> {
         let s = &self.settings;
         let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
             .await
             .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
         let flavor = self.flavor(key, &mut conn).await?;
-        for sql in fence_admission_statements(flavor) {
-            self.run(key, &mut conn, &sql).await?;
-        }
-        // Kill first: a commit waiting for semi-sync holds the commit lock that
-        // `SET GLOBAL read_only` waits for.
+        // Kill first: on MariaDB a commit waiting for semi-sync holds the commit lock
+        // that `SET GLOBAL read_only` waits for, and the kill ends that wait.
         self.kill_clients(key, &mut conn).await?;
-        if !flavor.is_mariadb() {
-            let variable = self.semi_sync_source_variable(key, &mut conn).await?;
-            for sql in release_semi_sync_waits(flavor, variable) {
+        if flavor.is_mariadb() {
+            for sql in fence_statements(flavor) {
                 self.run(key, &mut conn, &sql).await?;
             }
-        }
-        for sql in fence_statements(flavor) {
-            self.run(key, &mut conn, &sql).await?;
+        } else {
+            let wait = PLAIN_FENCE_WAIT.min(s.statement_timeout);
+            let mut plain = Ok(());
+            for sql in fence_statements(flavor) {
+                plain = match tokio::time::timeout(wait, conn.query_drop(&sql)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => return Err(Self::error(key, &sql, self.scrub(&e.to_string()))),
+                    Err(_) => Err(()),
+                };
+                if plain.is_err() {
+                    break;
+                }
+            }
+            if plain.is_err() {
+                // The statement still waits on the server (harmlessly: it holds new
+                // writes back, and finishes once the waits are released).
+                drop(conn);
+                self.fence_through_semi_sync_waits(key, flavor).await?;
+                conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
+                    .await
+                    .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
+            }
         }
         self.kill_clients(key, &mut conn).await?;
         let read_only: Option<i64> = conn
@@ -315,6 +356,63 @@ impl MysqlAdmin {
             return Err(Self::error(key, "fence", "read_only is still off"));
         }
         Ok(())
+    }
+
+    /// MySQL: fences a master whose commits wait for semi-sync acknowledgements that
+    /// will not come. `offline_mode` first, so the application (which must not hold
+    /// `CONNECTION_ADMIN` or `SUPER`) cannot connect again; then every client is
+    /// killed (their sockets close: nothing they wait for can be acknowledged to
+    /// them); then, only if no session but the orchestrator's survived the kill, the
+    /// source side of semi-sync is turned off so the waiting commits finish locally
+    /// (errant transactions of the old master), `super_read_only` goes on, and the
+    /// source side is turned on again. `offline_mode` stays on until the instance
+    /// rejoins as a replica or is promoted.
+    async fn fence_through_semi_sync_waits(
+        &self,
+        key: &InstanceKey,
+        flavor: Flavor,
+    ) -> Result<(), AdminError> {
+        let s = &self.settings;
+        let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
+            .await
+            .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
+        for sql in fence_admission_statements(flavor) {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        self.kill_clients(key, &mut conn).await?;
+        let sql = surviving_sessions_sql(&s.user);
+        let survivors: Vec<(u64, String)> = tokio::time::timeout(s.statement_timeout, conn.query(&sql))
+            .await
+            .map_err(|_| Self::error(key, "list surviving sessions", "no answer"))?
+            .map_err(|e| Self::error(key, "list surviving sessions", e))?;
+        if let Some((id, user)) = survivors.first() {
+            return Err(Self::error(
+                key,
+                "fence",
+                format!(
+                    "session {id} of `{user}` survived the kill (an account with SYSTEM_USER or \
+                     CONNECTION_ADMIN?): its commits would be acknowledged without a replica, so the \
+                     semi-sync waits are not released and super_read_only cannot be set"
+                ),
+            ));
+        }
+        let variable = self.semi_sync_source_variable(key, &mut conn).await?;
+        for sql in release_semi_sync_waits(flavor, variable) {
+            self.run(key, &mut conn, &sql).await?;
+        }
+        let fenced = async {
+            for sql in fence_statements(flavor) {
+                self.run(key, &mut conn, &sql).await?;
+            }
+            Ok::<(), AdminError>(())
+        }
+        .await;
+        // Nothing can commit any more: the source side goes back as it was, so a
+        // failed switchover leaves semi-sync as it found it.
+        if let Some(variable) = variable {
+            self.run(key, &mut conn, &format!("SET GLOBAL {variable} = ON")).await?;
+        }
+        fenced
     }
 
     /// Which variable turns on the master side of semi-sync on `key`, if any.
@@ -333,11 +431,13 @@ impl MysqlAdmin {
     }
 
     async fn kill_clients(&self, key: &InstanceKey, conn: &mut Conn) -> Result<(), AdminError> {
-        let ids: Vec<u64> =
-            tokio::time::timeout(self.settings.statement_timeout, conn.query(CLIENT_CONNECTIONS))
-                .await
-                .map_err(|_| Self::error(key, "list connections", "no answer"))?
-                .map_err(|e| Self::error(key, "list connections", e))?;
+        let ids: Vec<u64> = tokio::time::timeout(
+            self.settings.statement_timeout,
+            conn.query(client_connections_sql(&self.settings.user)),
+        )
+        .await
+        .map_err(|_| Self::error(key, "list connections", "no answer"))?
+        .map_err(|e| Self::error(key, "list connections", e))?;
         for id in ids {
             // The connection may be gone already.
             let _ = self.run(key, conn, &format!("KILL CONNECTION {id}")).await;
@@ -395,8 +495,14 @@ impl MysqlAdmin {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
         self.kill_io_thread(key, &mut conn).await;
-        let semi_sync_source =
-            if semi_sync { self.semi_sync_source_variable(key, &mut conn).await? } else { None };
+        let semi_sync_source = if semi_sync {
+            match self.semi_sync_source_variable(key, &mut conn).await? {
+                Some(variable) => Some(variable),
+                None => return Err(Self::error(key, "promote", "no semi-sync plugin is loaded")),
+            }
+        } else {
+            None
+        };
         let (now, after) = promote_statements(flavor, semi_sync_source);
         for sql in now {
             self.run(key, &mut conn, &sql).await?;
@@ -438,12 +544,8 @@ impl MysqlAdmin {
             conn.query(status_sql).await.map_err(|e| Self::error(key, status_sql, e))?;
         let was_master = rows.is_empty();
         // A replica must not wait for acknowledgements of its own.
-        if let Ok(Some(variable)) = self.semi_sync_source_variable(key, &mut conn).await {
-            self.run(key, &mut conn, &format!("SET GLOBAL {variable} = OFF")).await.ok();
-        }
-        if !flavor.is_mariadb() {
-            // A fenced former master was taken offline; a replica serves reads.
-            self.run(key, &mut conn, "SET GLOBAL offline_mode = OFF").await?;
+        if let Some(variable) = self.semi_sync_source_variable(key, &mut conn).await? {
+            self.run(key, &mut conn, &format!("SET GLOBAL {variable} = OFF")).await?;
         }
         self.kill_io_thread(key, &mut conn).await;
         let s = &self.settings;
@@ -451,6 +553,11 @@ impl MysqlAdmin {
             repoint_statements(flavor, source, &s.replication_user, &s.replication_password, was_master)
         {
             self.run(key, &mut conn, &sql).await?;
+        }
+        if !flavor.is_mariadb() {
+            // A former master fenced through its semi-sync waits was taken offline;
+            // replicating again, it serves reads.
+            self.run(key, &mut conn, "SET GLOBAL offline_mode = OFF").await?;
         }
         Ok(())
     }
@@ -525,6 +632,9 @@ mod tests {
         );
         assert!(release_semi_sync_waits(Flavor::MariaDb, Some("rpl_semi_sync_master_enabled")).is_empty());
         assert!(release_semi_sync_waits(Flavor::MySql, None).is_empty());
+        let survivors = surviving_sessions_sql("orch'x");
+        assert!(survivors.contains("COMMAND <> 'Killed'"), "{survivors}");
+        assert!(survivors.contains("'orch\\'x'"), "{survivors}");
     }
 
     #[test]

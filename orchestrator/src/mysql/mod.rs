@@ -478,9 +478,10 @@ mod tests {
         assert_eq!(s.received.transaction_count(), 10);
     }
 
-    /// `SHOW SLAVE STATUS` of Percona Server 8.0 before 8.0.22 (and of later 8.0 with
-    /// `terminology_use_previous = BEFORE_8_0_26`): the master/slave column names,
-    /// `Executed_Gtid_Set` broken over lines as the server prints it.
+    /// `SHOW SLAVE STATUS` of Percona Server 8.0 before 8.0.22: the master/slave column
+    /// names, `Executed_Gtid_Set` broken over lines as the server prints it. (The
+    /// prober sends `SHOW REPLICA STATUS` to MySQL, so servers that old are not
+    /// supported; the parser still reads either naming.)
     #[test]
     fn percona_80_slave_status_parses() {
         let (a, b) = ("9a511b7b-7059-11eb-9a9e-0242ac110002", "a3b0e6f1-7059-11eb-9d34-0242ac110003");

@@ -289,6 +289,9 @@ async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Dura
     }
 }
 
+/// One measurement's name and samples.
+type Measurement = (String, Vec<Duration>);
+
 /// `n=10 p50 140 ms p99 198 ms max 198 ms` of one measurement.
 fn figures(samples: &[Duration]) -> String {
     let mut sorted = samples.to_vec();
@@ -303,7 +306,7 @@ fn figures(samples: &[Duration]) -> String {
 }
 
 /// Every measurement, one row each, one column of figures per flavor.
-fn print_table(results: &[(Flavor, Vec<(String, Vec<Duration>)>)]) {
+fn print_table(results: &[(Flavor, Vec<Measurement>)]) {
     let names: Vec<&String> =
         results.first().map(|(_, r)| r.iter().map(|(n, _)| n).collect()).unwrap_or_default();
     let mut header = format!("{:<47}", "measurement");
@@ -344,13 +347,9 @@ async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow
     Ok(())
 }
 
-async fn failover_on(
-    flavor: Flavor,
-    rounds: usize,
-    kinds: &[String],
-) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow::Result<Vec<Measurement>> {
     let mut rng = Rng::seeded();
-    let mut results: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut results: Vec<Measurement> = Vec::new();
     for kind in kinds {
         let mut samples = Vec::new();
         match kind.as_str() {
