@@ -536,6 +536,13 @@ impl RecoveryService {
                     }
                 }
             }
+            // What it has executed, looked at now that it is read-only: the last probe
+            // may predate a commit it made just before it was fenced (an older master
+            // probe only makes the check stricter).
+            let fresh = self.discovery.observe(old).await.state;
+            let Some(probe) = fresh.last_probe.as_ref().filter(|p| fresh.reachable && p.read_only) else {
+                continue;
+            };
             let Some(master_probe) =
                 self.discovery.store().instance(current).and_then(|i| i.state.last_probe)
             else {
