@@ -109,8 +109,20 @@ pub fn aws_config(endpoint: &str) -> AwsConfig {
     AwsConfig { region: Some(REGION.into()), endpoint_url: Some(endpoint.into()), ..AwsConfig::default() }
 }
 
-/// SDK clients for the moto at `endpoint`, with the test credentials.
+/// SDK clients for the moto at `endpoint`, with the test credentials and the
+/// product's default bound on each call.
 pub async fn clients(endpoint: &str) -> AwsClients {
+    clients_bounded(endpoint, AwsConfig::default().call_timeout_ms).await
+}
+
+/// As [`clients`], for creating a cluster's AWS side: calls may take up to 20 s, since
+/// moto builds a service's state on its first call (over 3 s for EC2 once, on a busy
+/// machine).
+pub async fn provisioning_clients(endpoint: &str) -> AwsClients {
+    clients_bounded(endpoint, 20_000).await
+}
+
+async fn clients_bounded(endpoint: &str, call_timeout_ms: u64) -> AwsClients {
     let credentials = aws_sdk_dynamodb::config::Credentials::new(
         ACCESS_KEY_ID,
         SECRET_ACCESS_KEY,
@@ -118,7 +130,8 @@ pub async fn clients(endpoint: &str) -> AwsClients {
         None,
         "orch-tests",
     );
-    AwsClients::load_with(&aws_config(endpoint), Some(credentials)).await
+    let config = AwsConfig { call_timeout_ms, ..aws_config(endpoint) };
+    AwsClients::load_with(&config, Some(credentials)).await
 }
 
 /// What [`provision`] created.

@@ -240,7 +240,8 @@ impl AwsBed {
         let clients = aws::clients(&moto.endpoint).await;
         let db_hosts: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
         let cluster_id = format!("orch-{}", aws_host.replace('.', "-"));
-        let resources = aws::provision(&clients, &cluster_id, &db_hosts).await?;
+        let resources =
+            aws::provision(&aws::provisioning_clients(&moto.endpoint).await, &cluster_id, &db_hosts).await?;
         eprintln!("aws bed: moto up and AWS side created after {:?}", started.elapsed());
         let peer_aws = peer::PeerAws::new(&moto.endpoint, &resources);
         let bed = TestBed::start_on(flavor, hosts, dir, n, alias, |spec| {

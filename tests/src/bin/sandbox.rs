@@ -179,8 +179,9 @@ async fn up(dir: &Path, flavor: Flavor) -> anyhow::Result<()> {
         .await
         .context("starting moto_server")?;
     let clients = aws::clients(&moto.endpoint).await;
-    let resources =
-        aws::provision(&clients, ALIAS, &hosts).await.context("creating the NLB, target groups and table")?;
+    let resources = aws::provision(&aws::provisioning_clients(&moto.endpoint).await, ALIAS, &hosts)
+        .await
+        .context("creating the NLB, target groups and table")?;
     println!(
         "created NLB {}-nlb, target groups {0}-write (3306) and {0}-read (3307), DynamoDB table {}",
         resources.cluster_id, resources.table
