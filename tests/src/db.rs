@@ -76,11 +76,6 @@ impl Flavor {
         }
     }
 
-    /// `SHOW REPLICA STATUS` (both flavors take it; their column names differ).
-    pub fn replica_status_sql(self) -> &'static str {
-        "SHOW REPLICA STATUS"
-    }
-
     /// Makes a running replica apply `seconds` behind its source.
     pub fn delay_sql(self, seconds: u32) -> String {
         match self {
@@ -228,8 +223,7 @@ fn mysql_template(root: &MysqlRoot) -> anyhow::Result<PathBuf> {
         .output()
         .context("cannot run mysqld --initialize-insecure")?;
     if !out.status.success() {
-        let error_log = std::fs::read_to_string(cfg.run_dir.join("error.log")).unwrap_or_default();
-        let reason = error_log.lines().find(|l| l.contains("[ERROR]")).unwrap_or("no [ERROR] line");
+        let reason = error_line(&cfg.run_dir.join("error.log"), false);
         bail!("mysqld --initialize-insecure failed: {reason} (see {})", base.display());
     }
     // Every copy must make its own server_uuid.
@@ -239,6 +233,16 @@ fn mysql_template(root: &MysqlRoot) -> anyhow::Result<PathBuf> {
     unsafe { libc::atexit(remove_mysql_template) };
     *guard = Some(cfg.datadir.clone());
     Ok(cfg.datadir)
+}
+
+/// An `ERROR` line of a server's error log, or a note that there is none: the first
+/// (the cause, before `Aborting`) of a log one run wrote, or the newest of a log that
+/// earlier runs of the server appended to.
+fn error_line(log: &Path, newest: bool) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut errors = text.lines().filter(|l| l.contains("ERROR"));
+    let line = if newest { errors.next_back() } else { errors.next() };
+    line.unwrap_or("no ERROR line in the error log").to_string()
 }
 
 /// `cp -a` of a directory tree to `to` (replaced if it exists; reflinked where the
@@ -325,10 +329,7 @@ impl DbServer {
                     .context("cannot run mariadb-install-db")?;
                 let _ = std::fs::write(&install_log, [out.stdout.as_slice(), out.stderr.as_slice()].concat());
                 if !out.status.success() {
-                    let error_log =
-                        std::fs::read_to_string(cfg.run_dir.join("error.log")).unwrap_or_default();
-                    let reason =
-                        error_log.lines().rev().find(|l| l.contains("ERROR")).unwrap_or("no ERROR line");
+                    let reason = error_line(&cfg.run_dir.join("error.log"), true);
                     bail!("mariadb-install-db failed for {host}: {reason} (see {})", install_log.display());
                 }
             }
@@ -394,8 +395,7 @@ impl DbServer {
                 return Ok(());
             }
             if self.process.as_mut().is_some_and(ManagedChild::has_exited) {
-                let error_log = std::fs::read_to_string(self.base.join("run/error.log")).unwrap_or_default();
-                let reason = error_log.lines().rev().find(|l| l.contains("ERROR")).unwrap_or("no ERROR line");
+                let reason = error_line(&self.base.join("run/error.log"), true);
                 bail!(
                     "{program} on {} exited at start: {reason} (see {})",
                     self.host,
@@ -487,10 +487,10 @@ impl DbServer {
         self.exec(&self.flavor.local_write_sql(sql)).await
     }
 
-    /// `SHOW REPLICA STATUS` (`None` when not a replica).
+    /// `SHOW REPLICA STATUS`, which both flavors take (`None` when not a replica).
     pub async fn replica_status(&self) -> anyhow::Result<Option<ReplicaStatus>> {
         let mut c = self.root().await?;
-        let row: Option<mysql_async::Row> = c.query_first(self.flavor.replica_status_sql()).await?;
+        let row: Option<mysql_async::Row> = c.query_first("SHOW REPLICA STATUS").await?;
         c.disconnect().await?;
         Ok(row.map(|r| {
             ReplicaStatus(

@@ -188,10 +188,8 @@ pub const PLAIN_FENCE_WAIT: Duration = Duration::from_millis(500);
 /// an acknowledgement once the semi-sync waits are released.
 pub fn surviving_sessions_sql(orchestrator_user: &str) -> String {
     format!(
-        "SELECT ID, USER FROM information_schema.PROCESSLIST \
-         WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Killed' AND USER NOT IN ('system user', 'event_scheduler', {}) \
-         AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Connect')",
-        quote(orchestrator_user)
+        "SELECT ID, USER FROM information_schema.PROCESSLIST WHERE {} AND COMMAND <> 'Killed'",
+        client_filter(orchestrator_user)
     )
 }
 
@@ -223,9 +221,15 @@ pub fn fence_statements(flavor: Flavor) -> Vec<String> {
 /// same instance at the same time: killing each other's statements, two fencers
 /// would never finish; none of them writes).
 pub fn client_connections_sql(orchestrator_user: &str) -> String {
+    format!("SELECT ID FROM information_schema.PROCESSLIST WHERE {}", client_filter(orchestrator_user))
+}
+
+/// The `WHERE` condition of [`client_connections_sql`]: another session of an
+/// application (or operator), not a replication or system thread, not the
+/// orchestrator's.
+fn client_filter(orchestrator_user: &str) -> String {
     format!(
-        "SELECT ID FROM information_schema.PROCESSLIST \
-         WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler', {}) \
+        "ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler', {}) \
          AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', \
          'Slave_worker', 'Connect')",
         quote(orchestrator_user)
@@ -280,15 +284,38 @@ impl MysqlAdmin {
     /// in the server's message, which may quote it) replaced by `'…'`.
     async fn run(&self, key: &InstanceKey, conn: &mut Conn, sql: &str) -> Result<(), AdminError> {
         let timeout = self.settings.statement_timeout;
-        match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Self::error(key, &self.scrub(sql), self.scrub(&e.to_string()))),
-            Err(_) => Err(Self::error(
+        match self.run_within(key, conn, sql, timeout).await? {
+            Some(()) => Ok(()),
+            None => Err(Self::error(
                 key,
                 &self.scrub(sql),
                 format!("no answer within {} ms", timeout.as_millis()),
             )),
         }
+    }
+
+    /// As [`MysqlAdmin::run`], bounded by `timeout`; `None` when it ran out (the
+    /// statement may still be running on the server).
+    async fn run_within(
+        &self,
+        key: &InstanceKey,
+        conn: &mut Conn,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Option<()>, AdminError> {
+        match tokio::time::timeout(timeout, conn.query_drop(sql)).await {
+            Ok(Ok(())) => Ok(Some(())),
+            Ok(Err(e)) => Err(Self::error(key, &self.scrub(sql), self.scrub(&e.to_string()))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A connection for fencing: bounded by the short fence connect timeout.
+    async fn open_for_fence(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
+        let s = &self.settings;
+        connect(key, &s.user, &s.password, s.fence_connect_timeout)
+            .await
+            .map_err(|e: ProbeError| Self::error(key, "connect", e))
     }
 
     async fn flavor(&self, key: &InstanceKey, conn: &mut Conn) -> Result<Flavor, AdminError> {
@@ -312,10 +339,7 @@ impl MysqlAdmin {
     /// replica: when the plain fence does not finish within [`PLAIN_FENCE_WAIT`],
     /// [`MysqlAdmin::fence_through_semi_sync_waits`] takes over.
     pub async fn fence(&self, key: &InstanceKey) -> Result<(), AdminError> {
-        let s = &self.settings;
-        let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
-            .await
-            .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
+        let mut conn = self.open_for_fence(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
         // Kill first: on MariaDB a commit waiting for semi-sync holds the commit lock
         // that `SET GLOBAL read_only` waits for, and the kill ends that wait.
@@ -325,26 +349,20 @@ impl MysqlAdmin {
                 self.run(key, &mut conn, &sql).await?;
             }
         } else {
-            let wait = PLAIN_FENCE_WAIT.min(s.statement_timeout);
-            let mut plain = Ok(());
+            let wait = PLAIN_FENCE_WAIT.min(self.settings.statement_timeout);
+            let mut finished = true;
             for sql in fence_statements(flavor) {
-                plain = match tokio::time::timeout(wait, conn.query_drop(&sql)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => return Err(Self::error(key, &sql, self.scrub(&e.to_string()))),
-                    Err(_) => Err(()),
-                };
-                if plain.is_err() {
+                if self.run_within(key, &mut conn, &sql, wait).await?.is_none() {
+                    finished = false;
                     break;
                 }
             }
-            if plain.is_err() {
+            if !finished {
                 // The statement still waits on the server (harmlessly: it holds new
                 // writes back, and finishes once the waits are released).
                 drop(conn);
                 self.fence_through_semi_sync_waits(key, flavor).await?;
-                conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
-                    .await
-                    .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
+                conn = self.open_for_fence(key).await?;
             }
         }
         self.kill_clients(key, &mut conn).await?;
