@@ -222,7 +222,14 @@ async fn an_aws_outage_delays_only_the_target_groups() {
         assert!(Instant::now() < deadline, "the new master never became writable while AWS was down");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let recoveries = get_json(&bed.bed.live_peer().url("/api/recoveries")).await.unwrap();
+    // The peer asked may apply the outcome a moment after the one that showed it.
+    let ended = |r: &serde_json::Value| {
+        r["recoveries"].as_array().and_then(|a| a.last()).is_some_and(|x| !x["ended_unix_ms"].is_null())
+    };
+    let (recoveries, _) =
+        poll_json(&bed.bed.live_peer().url("/api/recoveries"), Duration::from_secs(5), ended)
+            .await
+            .unwrap_or_else(|last| panic!("the recovery never ended while AWS was down: {last}"));
     let last = recoveries["recoveries"].as_array().unwrap().last().cloned().unwrap();
     assert_eq!(last["success"], true, "the recovery waited on AWS or failed: {last}");
     eprintln!("AWS down: new master writable {took:?} after the kill; recovery done without AWS");
