@@ -201,6 +201,17 @@ impl Default for AwsConfig {
     }
 }
 
+impl AwsConfig {
+    /// How the SDK reaches AWS with these settings.
+    pub fn connect_settings(&self) -> aws_connect::ConnectSettings {
+        aws_connect::ConnectSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            ..aws_connect::ConnectSettings::new(std::time::Duration::from_millis(self.call_timeout_ms))
+        }
+    }
+}
+
 /// One cluster's AWS resources.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +288,12 @@ pub struct MysqlConfig {
     /// Read the password from this environment variable.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// Read every password (`orchestrator`, `replication`, `write_check`) from this
+    /// Secrets Manager secret (the provisioner's `{cluster_id}/mysql-credentials`),
+    /// again whenever a server refuses a login, so a rotation needs no restart.
+    /// Excludes the other password settings.
+    #[serde(default)]
+    pub credentials_secret: Option<String>,
     /// Port assumed for replicas found through the processlist (no `report_port`).
     #[serde(default = "default_mysql_port")]
     pub default_port: u16,
@@ -555,6 +572,15 @@ impl Config {
                 "set only one of password, password_file, password_env".into(),
             ));
         }
+        if self.mysql.credentials_secret.is_some() {
+            let inline_write_check = self.mysql.write_check.as_ref().is_some_and(|w| !w.password.is_empty());
+            if sources.contains(&true) || self.mysql.replication_password.is_some() || inline_write_check {
+                return Err(invalid(
+                    "mysql.credentials_secret",
+                    "the secret holds every password: remove password, password_file, password_env, replication_password and write_check.password".into(),
+                ));
+            }
+        }
         let d = &self.discovery;
         if d.probe_interval_ms < 100 {
             return Err(invalid(
@@ -831,6 +857,13 @@ raft_insecure = true
     }
 
     #[test]
+    fn credentials_secret_alone_is_accepted() {
+        let text = GOOD.replace("password = \"secret\"", "credentials_secret = \"c/mysql-credentials\"");
+        let c = parse_and_validate(&text).unwrap();
+        assert_eq!(c.mysql.credentials_secret.as_deref(), Some("c/mysql-credentials"));
+    }
+
+    #[test]
     fn invalid_values_are_named() {
         let cases = [
             (GOOD.replace("node_id = 2", "node_id = 9"), "node_id"),
@@ -840,6 +873,13 @@ raft_insecure = true
             (GOOD.replace("id = 3", "id = 2"), "appears twice"),
             (GOOD.replace("alias = \"main\"", "alias = \"\""), "clusters.alias"),
             (GOOD.replace("password = \"secret\"", "password = \"x\"\npassword_env = \"Y\""), "only one of"),
+            (
+                GOOD.replace(
+                    "password = \"secret\"",
+                    "password = \"x\"\ncredentials_secret = \"c/mysql-credentials\"",
+                ),
+                "`mysql.credentials_secret`: the secret holds every password",
+            ),
         ];
         for (text, needle) in cases {
             let e = error_of(&text);

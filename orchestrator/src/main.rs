@@ -19,6 +19,7 @@ use orchestrator::config::Config;
 use orchestrator::discovery::{follow_registry, Discovery, TopologyStore};
 use orchestrator::metrics::Metrics;
 use orchestrator::mysql::admin::{AdminSettings, MysqlAdmin, WriteCheck};
+use orchestrator::mysql::credentials::{Credentials, Passwords, SecretReader, MIN_REFRESH_INTERVAL};
 use orchestrator::mysql::{MysqlProber, ProbeSettings};
 use orchestrator::ops::Operations;
 use orchestrator::raft::RaftNode;
@@ -140,6 +141,27 @@ async fn load_tokens(config: &Config) -> anyhow::Result<TokenRegistry> {
     Ok(registry)
 }
 
+/// The MySQL passwords: from `[mysql] credentials_secret` (read now, and again when a
+/// server refuses a login), else from the config's password settings.
+async fn mysql_credentials(config: &Config) -> anyhow::Result<Arc<Credentials>> {
+    let Some(secret) = config.mysql.credentials_secret.clone() else {
+        return Ok(Credentials::fixed(Passwords {
+            orchestrator: config.mysql_password()?,
+            replication: config.mysql.replication_password.clone().unwrap_or_default(),
+            write_check: config.mysql.write_check.as_ref().map(|w| w.password.clone()).unwrap_or_default(),
+        }));
+    };
+    let clients = AwsClients::load(&config.aws).await;
+    let id = secret.clone();
+    let read: SecretReader = Box::new(move || {
+        let (clients, id) = (clients.clone(), id.clone());
+        Box::pin(async move { clients.secret_string(&id).await.map_err(|e| e.to_string()) })
+    });
+    let credentials = Credentials::from_secret(&secret, read, MIN_REFRESH_INTERVAL).await?;
+    tracing::info!(secret = %secret, "MySQL credentials read from Secrets Manager");
+    Ok(credentials)
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Cmd::Token(cmd)) = args.command {
@@ -166,7 +188,7 @@ async fn run() -> anyhow::Result<()> {
     if raft_tls.is_none() {
         tracing::warn!("Raft port without TLS (tls.raft_insecure): any host reaching it can send Raft RPCs");
     }
-    let password = config.mysql_password()?;
+    let credentials = mysql_credentials(&config).await?;
 
     let aliases = config.clusters.iter().map(|c| (c.alias.clone(), c.seeds.clone())).collect();
     let store = Arc::new(TopologyStore::new(aliases));
@@ -174,14 +196,13 @@ async fn run() -> anyhow::Result<()> {
     let d = &config.discovery;
     let admin = Arc::new(MysqlAdmin::new(AdminSettings {
         user: config.mysql.user.clone(),
-        password: password.clone(),
         replication_user: config.mysql.replication_user.clone(),
-        replication_password: config.mysql.replication_password.clone().unwrap_or_default(),
-        verify: config.mysql.write_check.as_ref().map(|w| WriteCheck {
-            user: w.user.clone(),
-            password: w.password.clone(),
-            table: w.table.clone(),
-        }),
+        credentials: credentials.clone(),
+        verify: config
+            .mysql
+            .write_check
+            .as_ref()
+            .map(|w| WriteCheck { user: w.user.clone(), table: w.table.clone() }),
         connect_timeout: d.connect_timeout(),
         statement_timeout: Duration::from_secs(5),
         fence_connect_timeout: Duration::from_millis(150),
@@ -191,7 +212,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let prober = MysqlProber::new(ProbeSettings {
         user: config.mysql.user.clone(),
-        password,
+        credentials,
         connect_timeout: d.connect_timeout(),
         read_timeout: d.read_timeout(),
         default_port: config.mysql.default_port,

@@ -1,12 +1,21 @@
 //! Provisioning of clusters and nodes.
 //!
-//! Today this crate owns three pieces of node bootstrap: the MySQL server configuration
-//! every node runs with ([`mysql_config`]), its users and their least privileges per
-//! flavor ([`mysql_users`]), and the cluster's certificate authority and
-//! node certificates for the peers' mutual TLS ([`certs`]); the test bed and the
-//! sandbox use both, as cloud-init will. The AWS resources (NLB, target groups, ASG,
-//! DynamoDB, S3, Secrets Manager) come in their own issue.
+//! - The AWS side of one cluster, as the operator's tool for it: the spec
+//!   ([`spec`], `deploy/cluster.example.toml`), the desired resources it implies
+//!   ([`desired`], pure), the planner that diffs them against what exists ([`plan`],
+//!   pure), the nodes' IAM policy ([`iam_policy`]), generated secrets
+//!   ([`credentials`]), and the AWS edge that reads, creates, updates and deletes
+//!   ([`cloud`]). The test bed and the sandbox build their AWS side with it.
+//! - Node bootstrap pieces: the MySQL server configuration ([`mysql_config`]), users
+//!   and least privileges per flavor ([`mysql_users`]), and the cluster's certificate
+//!   authority and node certificates for the peers' mutual TLS ([`certs`]).
 
 pub mod certs;
+pub mod cloud;
+pub mod credentials;
+pub mod desired;
+pub mod iam_policy;
 pub mod mysql_config;
 pub mod mysql_users;
+pub mod plan;
+pub mod spec;

@@ -1,21 +1,58 @@
-//! `provisioner`: node bootstrap helpers (and, in later issues, the AWS side).
+//! `provisioner`: the AWS side of a cluster (`plan`, `apply`, `destroy`, `status`
+//! from a spec file) and node bootstrap helpers.
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use provisioner::certs::{write_files, NodeSpec};
+use provisioner::cloud::{self, clients::Clients, Endpoint};
 use provisioner::mysql_config::{render, MysqlServerConfig, ServerFlavor};
+use provisioner::spec::ClusterSpec;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Provision MySQL cluster nodes and their AWS resources")]
 struct Args {
+    /// One endpoint for every AWS service (moto serves them all on one port).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// The AWS region (default: the spec's `region`, else the standard chain's).
+    #[arg(long, global = true)]
+    region: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Show what apply would create, change or delete (reads only).
+    Plan {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Create or update the cluster's AWS side to match the spec.
+    Apply {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Delete the cluster's AWS side; the backup bucket and the secrets are kept
+    /// unless --delete-data.
+    Destroy {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Do not ask for the cluster id to be typed.
+        #[arg(long)]
+        yes: bool,
+        /// Also delete the backup bucket (every object version) and the secrets.
+        #[arg(long)]
+        delete_data: bool,
+    },
+    /// Show which resources exist, the nodes and their target groups.
+    Status {
+        #[arg(long)]
+        spec: PathBuf,
+    },
     /// Print the my.cnf a node runs with.
     RenderMysqlConfig {
         #[arg(long, value_enum, default_value = "mariadb")]
@@ -63,8 +100,115 @@ fn main() {
     }
 }
 
+/// The spec and clients for an AWS command; the spec is checked before any call.
+async fn connect(
+    spec: &PathBuf,
+    args_region: Option<String>,
+    endpoint_url: Option<String>,
+) -> anyhow::Result<(ClusterSpec, Clients)> {
+    let spec = ClusterSpec::load(spec)?;
+    let region = match (args_region, &spec.region) {
+        (Some(flag), Some(file)) if &flag != file => {
+            anyhow::bail!("--region {flag} differs from the spec's region {file}")
+        }
+        (Some(flag), _) => Some(flag),
+        (None, file) => file.clone(),
+    };
+    let clients = Clients::new(&Endpoint { region, endpoint_url, credentials: None }).await;
+    anyhow::ensure!(
+        !clients.region.is_empty(),
+        "no AWS region: set `region` in the spec, --region, or AWS_REGION"
+    );
+    Ok((spec, clients))
+}
+
+fn progress(line: &str) {
+    println!("{line}");
+}
+
+/// Asks for the cluster id to be typed before a destroy.
+fn confirm_destroy(cluster_id: &str) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    anyhow::ensure!(stdin.is_terminal(), "destroy needs the cluster id typed on a terminal, or --yes");
+    print!("type the cluster id ({cluster_id}) to delete it: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == cluster_id, "not confirmed: nothing deleted");
+    Ok(())
+}
+
+async fn aws_command(args: Args) -> anyhow::Result<()> {
+    let (region, endpoint) = (args.region, args.endpoint_url);
+    match args.command {
+        Command::Plan { spec } => {
+            let (spec, c) = connect(&spec, region, endpoint).await?;
+            let planned = cloud::plan(&c, &spec).await?;
+            print!("{}", planned.plan.render());
+        }
+        Command::Apply { spec } => {
+            let (spec, c) = connect(&spec, region, endpoint).await?;
+            let applied = cloud::apply(&c, &spec, &mut progress).await?;
+            if applied.plan.is_empty() {
+                println!("no changes ({} resources as they should be)", applied.plan.unchanged);
+            } else {
+                print!("{}", applied.plan.render());
+            }
+            println!("{} changing AWS calls", applied.changing_calls.len());
+            print!("{}", applied.summary.render());
+        }
+        Command::Destroy { spec, yes, delete_data } => {
+            let (spec, c) = connect(&spec, region, endpoint).await?;
+            let (plan, _) = cloud::plan_destroy(&c, &spec, delete_data).await?;
+            print!("{}", plan.render());
+            if plan.is_empty() {
+                return Ok(());
+            }
+            if !yes {
+                confirm_destroy(&spec.cluster_id)?;
+            }
+            let done = cloud::destroy(&c, &spec, delete_data, &mut progress).await?;
+            println!("destroyed {} resources of {}", done.changes.len(), spec.cluster_id);
+        }
+        Command::Status { spec } => {
+            let (spec, c) = connect(&spec, region, endpoint).await?;
+            let s = cloud::status(&c, &spec).await?;
+            for (kind, name, exists) in &s.resources {
+                println!("{:<20} {:<40} {}", kind.label(), name, if *exists { "exists" } else { "missing" });
+            }
+            if !s.summary.dns_name.is_empty() {
+                print!("{}", s.summary.render());
+            }
+            println!("nodes ({}):", s.nodes.len());
+            for n in &s.nodes {
+                println!(
+                    "  {} {:<15} {} {}{} {}",
+                    n.instance_id,
+                    n.private_ip,
+                    n.lifecycle,
+                    n.health,
+                    if n.protected_from_scale_in { " protected" } else { "" },
+                    if n.targets.is_empty() { "no target group".to_string() } else { n.targets.join(", ") }
+                );
+            }
+            if s.pending > 0 {
+                println!("{} changes pending: run plan to see them", s.pending);
+            }
+        }
+        _ => unreachable!("not an AWS command"),
+    }
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if matches!(
+        args.command,
+        Command::Plan { .. } | Command::Apply { .. } | Command::Destroy { .. } | Command::Status { .. }
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(aws_command(args));
+    }
     match args.command {
         Command::Certs { cluster, out, nodes, days, ca_key } => {
             let ca_key = ca_key
@@ -80,6 +224,7 @@ fn run() -> anyhow::Result<()> {
             c.innodb_buffer_pool_mb = 1024;
             print!("{}", render(&c));
         }
+        _ => unreachable!("AWS commands are handled above"),
     }
     Ok(())
 }

@@ -1,9 +1,8 @@
-//! AWS in the test bed: a real `moto_server` on a simulated host, the cluster's AWS
-//! side created in it with the SDK (VPC and subnet on the hosts' loopback /24, one EC2
-//! instance per database host with that host's address as private IP, the internal
-//! NLB with its write and read target groups and listeners, the DynamoDB table), and
-//! helpers to read it back. The provisioner will own the creation; until then the
-//! sandbox and the tests share this.
+//! AWS in the test bed: a real `moto_server` on a simulated host, the network a
+//! cluster is given (VPC and two subnets on the hosts' loopback /24), the cluster's
+//! AWS side created in it by the provisioner library from a spec (so every end-to-end
+//! test exercises it), one EC2 instance per database host at that host's address
+//! standing in for the group's instances, and helpers to read it back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,16 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PointInTimeRecoverySpecification,
-    ScalarAttributeType, TimeToLiveSpecification,
-};
-use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum, TargetGroupAttribute,
-    TargetTypeEnum,
-};
 use orchestrator::aws::{AwsClients, TargetGroupApi};
 use orchestrator::config::AwsConfig;
+use provisioner::spec::ClusterSpec;
 
 use crate::process::{Lifetime, ManagedChild};
 
@@ -123,13 +115,8 @@ pub async fn provisioning_clients(endpoint: &str) -> AwsClients {
 }
 
 async fn clients_bounded(endpoint: &str, call_timeout_ms: u64) -> AwsClients {
-    let credentials = aws_sdk_dynamodb::config::Credentials::new(
-        ACCESS_KEY_ID,
-        SECRET_ACCESS_KEY,
-        None,
-        None,
-        "orch-tests",
-    );
+    let credentials =
+        aws_connect::Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "orch-tests");
     let config = AwsConfig { call_timeout_ms, ..aws_config(endpoint) };
     AwsClients::load_with(&config, Some(credentials)).await
 }
@@ -139,10 +126,16 @@ async fn clients_bounded(endpoint: &str, call_timeout_ms: u64) -> AwsClients {
 pub struct ClusterResources {
     pub cluster_id: String,
     pub vpc_id: String,
+    pub subnet_ids: Vec<String>,
     pub load_balancer_arn: String,
     pub write_target_group_arn: String,
     pub read_target_group_arn: String,
     pub table: String,
+    pub bucket: String,
+    pub credentials_secret: String,
+    pub auto_scaling_group: String,
+    /// The spec the provisioner applied.
+    pub spec_toml: String,
     /// EC2 instance id by database host address.
     pub instances: BTreeMap<String, String>,
 }
@@ -157,22 +150,23 @@ impl ClusterResources {
     pub fn id_of(&self, host: &str) -> &str {
         self.instances.get(host).map(String::as_str).unwrap_or("?")
     }
+
+    pub fn spec(&self) -> anyhow::Result<ClusterSpec> {
+        Ok(ClusterSpec::parse(&self.spec_toml)?)
+    }
 }
 
-/// Creates the cluster's AWS side for database `hosts` (all in one loopback /24).
-/// Target groups start empty: the peers fill them.
-pub async fn provision(
-    clients: &AwsClients,
-    cluster_id: &str,
-    hosts: &[String],
-) -> anyhow::Result<ClusterResources> {
-    let first = hosts.first().context("no hosts")?;
-    let (net, _) = first.rsplit_once('.').context("host is not an IPv4 address")?;
-    let cidr = format!("{net}.0/24");
+/// moto's stock Amazon Linux AMI in us-east-1.
+pub const MOTO_AMI: &str = "ami-12c6146b";
+
+/// The network a cluster is given (the spec's inputs, made here as an operator's VPC
+/// would be): a VPC on the hosts' loopback /24 and two subnets, the hosts in the
+/// first.
+pub async fn network(clients: &AwsClients, net: &str) -> anyhow::Result<(String, Vec<String>)> {
     let vpc_id = clients
         .ec2
         .create_vpc()
-        .cidr_block(&cidr)
+        .cidr_block(format!("{net}.0/24"))
         .send()
         .await
         .context("CreateVpc")?
@@ -180,28 +174,131 @@ pub async fn provision(
         .and_then(|v| v.vpc_id())
         .context("CreateVpc returned no id")?
         .to_string();
-    let subnet_id = clients
-        .ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block(&cidr)
+    let mut subnets = Vec::new();
+    for (cidr, zone) in [(format!("{net}.0/25"), "us-east-1a"), (format!("{net}.128/25"), "us-east-1b")] {
+        let id = clients
+            .ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(&cidr)
+            .availability_zone(zone)
+            .send()
+            .await
+            .with_context(|| format!("CreateSubnet {cidr}"))?
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .context("CreateSubnet returned no id")?
+            .to_string();
+        subnets.push(id);
+    }
+    Ok((vpc_id, subnets))
+}
+
+/// The test bed's spec: `count` MariaDB nodes (3, 5 or 7) in the given network, HTTP
+/// health checks.
+pub fn spec_toml(cluster_id: &str, vpc_id: &str, subnets: &[String], count: usize) -> String {
+    let subnets: Vec<String> = subnets.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "cluster_id = \"{cluster_id}\"\nregion = \"{REGION}\"\nvpc_id = \"{vpc_id}\"\n\
+         subnet_ids = [{}]\ninstance_count = {count}\nami_id = \"{MOTO_AMI}\"\n\
+         flavor = \"mariadb\"\nserver_version = \"10.11\"\nhealth_checks = \"http\"\n\
+         replica_max_lag_s = {READ_MAX_LAG_S}\n[tags]\nsuite = \"orch-tests\"\n",
+        subnets.join(", ")
+    )
+}
+
+/// The provisioner's clients for the moto at `endpoint`, with the test credentials.
+pub async fn provisioner_clients(endpoint: &str) -> provisioner::cloud::clients::Clients {
+    provisioner::cloud::clients::Clients::new(&provisioner::cloud::Endpoint {
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint.into()),
+        credentials: Some(aws_connect::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "orch-tests",
+        )),
+    })
+    .await
+}
+
+/// Creates the cluster's AWS side for database `hosts` (all in one loopback /24) with
+/// the provisioner, then stands the hosts in for the group's instances: moto launches
+/// instances at addresses of its choosing, so each host gets an instance at its own
+/// address from the launch template, attached to the group in place of moto's.
+/// Target groups are left to the peers (moto registers the group's instances in the
+/// read group, as AWS does at launch).
+pub async fn provision(
+    endpoint: &str,
+    cluster_id: &str,
+    hosts: &[String],
+) -> anyhow::Result<ClusterResources> {
+    let clients = provisioning_clients(endpoint).await;
+    let first = hosts.first().context("no hosts")?;
+    let (net, _) = first.rsplit_once('.').context("host is not an IPv4 address")?;
+    let (vpc_id, subnet_ids) = network(&clients, net).await?;
+    let count = [3, 5, 7].into_iter().find(|c| *c >= hosts.len()).context("at most 7 hosts")?;
+    let spec_toml = spec_toml(cluster_id, &vpc_id, &subnet_ids, count);
+    let spec = ClusterSpec::parse(&spec_toml)?;
+    let applied = provisioner::cloud::apply(&provisioner_clients(endpoint).await, &spec, &mut |_| {})
+        .await
+        .context("provisioner apply")?;
+    let summary = applied.summary;
+    let instances = stand_in_hosts(endpoint, &summary, &subnet_ids[0], hosts).await?;
+    Ok(ClusterResources {
+        cluster_id: cluster_id.to_string(),
+        vpc_id,
+        subnet_ids,
+        load_balancer_arn: summary.load_balancer_arn,
+        write_target_group_arn: summary.write_target_group_arn,
+        read_target_group_arn: summary.read_target_group_arn,
+        table: summary.table,
+        bucket: summary.bucket,
+        credentials_secret: summary.credentials_secret,
+        auto_scaling_group: summary.auto_scaling_group,
+        spec_toml,
+        instances,
+    })
+}
+
+/// Replaces the group's moto-made instances with one per host, launched from the
+/// cluster's launch template at the host's address.
+async fn stand_in_hosts(
+    endpoint: &str,
+    summary: &provisioner::cloud::Summary,
+    subnet: &str,
+    hosts: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let c = provisioner_clients(endpoint).await;
+    let group = &summary.auto_scaling_group;
+    let described = c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
         .send()
         .await
-        .context("CreateSubnet")?
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .context("CreateSubnet returned no id")?
-        .to_string();
+        .context("DescribeAutoScalingGroups")?;
+    let moto_made: Vec<String> = described
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.instances())
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
     let mut instances = BTreeMap::new();
     for host in hosts {
-        let out = clients
+        let out = c
             .ec2
             .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .launch_template(
+                aws_sdk_ec2::types::LaunchTemplateSpecification::builder()
+                    .launch_template_id(&summary.launch_template_id)
+                    .version("$Default")
+                    .build(),
+            )
             .min_count(1)
             .max_count(1)
-            .subnet_id(&subnet_id)
+            .subnet_id(subnet)
             .private_ip_address(host)
             .send()
             .await
@@ -209,125 +306,30 @@ pub async fn provision(
         let id = out.instances().first().and_then(|i| i.instance_id()).context("RunInstances: no id")?;
         instances.insert(host.clone(), id.to_string());
     }
-    let load_balancer_arn = clients
-        .elb
-        .create_load_balancer()
-        .name(format!("{cluster_id}-nlb"))
-        .r#type(LoadBalancerTypeEnum::Network)
-        .scheme(LoadBalancerSchemeEnum::Internal)
-        .subnets(&subnet_id)
-        .send()
-        .await
-        .context("CreateLoadBalancer")?
-        .load_balancers()
-        .first()
-        .and_then(|l| l.load_balancer_arn())
-        .context("CreateLoadBalancer: no ARN")?
-        .to_string();
-    let mut groups = Vec::new();
-    for (role, path) in [
-        ("write", "/health/primary".to_string()),
-        ("read", format!("/health/replica?max_lag={READ_MAX_LAG_S}")),
-    ] {
-        // The production settings (DESIGN.md section 6): TCP to 3306, an HTTP health
-        // check of the role on port 3000.
-        let arn = clients
-            .elb
-            .create_target_group()
-            .name(format!("{cluster_id}-{role}"))
-            .protocol(ProtocolEnum::Tcp)
-            .port(3306)
-            .vpc_id(&vpc_id)
-            .target_type(TargetTypeEnum::Instance)
-            .health_check_protocol(ProtocolEnum::Http)
-            .health_check_port("3000")
-            .health_check_path(path)
-            .health_check_interval_seconds(5)
-            .health_check_timeout_seconds(2)
-            .healthy_threshold_count(2)
-            .unhealthy_threshold_count(2)
+    if !moto_made.is_empty() {
+        c.autoscaling
+            .detach_instances()
+            .auto_scaling_group_name(group)
+            .set_instance_ids(Some(moto_made.clone()))
+            .should_decrement_desired_capacity(true)
             .send()
             .await
-            .with_context(|| format!("CreateTargetGroup {role}"))?
-            .target_groups()
-            .first()
-            .and_then(|g| g.target_group_arn())
-            .context("CreateTargetGroup: no ARN")?
-            .to_string();
-        clients
-            .elb
-            .modify_target_group_attributes()
-            .target_group_arn(&arn)
-            .attributes(
-                TargetGroupAttribute::builder()
-                    .key("deregistration_delay.timeout_seconds")
-                    .value("30")
-                    .build(),
-            )
+            .context("DetachInstances")?;
+        c.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(moto_made))
             .send()
             .await
-            .context("ModifyTargetGroupAttributes")?;
-        groups.push(arn);
+            .context("TerminateInstances")?;
     }
-    for (port, arn) in [(3306, &groups[0]), (3307, &groups[1])] {
-        clients
-            .elb
-            .create_listener()
-            .load_balancer_arn(&load_balancer_arn)
-            .protocol(ProtocolEnum::Tcp)
-            .port(port)
-            .default_actions(Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(arn).build())
-            .send()
-            .await
-            .with_context(|| format!("CreateListener {port}"))?;
-    }
-    let table = format!("{cluster_id}-orchestrator");
-    clients
-        .dynamodb
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build()?)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?,
-        )
+    c.autoscaling
+        .attach_instances()
+        .auto_scaling_group_name(group)
+        .set_instance_ids(Some(instances.values().cloned().collect()))
         .send()
         .await
-        .context("CreateTable")?;
-    clients
-        .dynamodb
-        .update_time_to_live()
-        .table_name(&table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder().attribute_name("expires_at").enabled(true).build()?,
-        )
-        .send()
-        .await
-        .context("UpdateTimeToLive")?;
-    clients
-        .dynamodb
-        .update_continuous_backups()
-        .table_name(&table)
-        .point_in_time_recovery_specification(
-            PointInTimeRecoverySpecification::builder().point_in_time_recovery_enabled(true).build()?,
-        )
-        .send()
-        .await
-        .context("UpdateContinuousBackups")?;
-    let [write_target_group_arn, read_target_group_arn] =
-        <[String; 2]>::try_from(groups).map_err(|_| anyhow::anyhow!("two target groups"))?;
-    Ok(ClusterResources {
-        cluster_id: cluster_id.to_string(),
-        vpc_id,
-        load_balancer_arn,
-        write_target_group_arn,
-        read_target_group_arn,
-        table,
-        instances,
-    })
+        .context("AttachInstances")?;
+    Ok(instances)
 }
 
 /// The instance ids in a target group that are not draining.

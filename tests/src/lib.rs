@@ -219,8 +219,8 @@ pub struct AwsBed {
 }
 
 /// Health checks of the stand-in run this many times faster than the target groups
-/// say (5 s interval: 200 ms).
-pub const NLB_TIME_SCALE: u32 = 25;
+/// say (the provisioner's 10 s interval: 200 ms, its 5 s timeout: 100 ms).
+pub const NLB_TIME_SCALE: u32 = 50;
 
 impl AwsBed {
     /// `n` database hosts of `flavor` with peers, plus moto and the NLB stand-in on
@@ -240,8 +240,7 @@ impl AwsBed {
         let clients = aws::clients(&moto.endpoint).await;
         let db_hosts: Vec<String> = (1..=n).map(|i| hosts.host(i)).collect();
         let cluster_id = format!("orch-{}", aws_host.replace('.', "-"));
-        let resources =
-            aws::provision(&aws::provisioning_clients(&moto.endpoint).await, &cluster_id, &db_hosts).await?;
+        let resources = aws::provision(&moto.endpoint, &cluster_id, &db_hosts).await?;
         eprintln!("aws bed: moto up and AWS side created after {:?}", started.elapsed());
         let peer_aws = peer::PeerAws::new(&moto.endpoint, &resources);
         let bed = TestBed::start_on(flavor, hosts, dir, n, alias, |spec| {

@@ -15,7 +15,7 @@
 //!   connections, open ones are left alone.
 //!
 //! `time_scale` divides the health-check interval and timeout, so tests see in a
-//! fraction of a second what takes AWS 10 s (5 s interval, threshold 2).
+//! fraction of a second what takes AWS 30 s (10 s interval, threshold 3).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

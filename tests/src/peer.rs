@@ -121,6 +121,9 @@ pub struct PeerGroupSpec {
     pub api_tls: bool,
     /// Raw TOML appended to every config (e.g. an `[aws]` section, more `[[auth.tokens]]`).
     pub extra_config: Vec<String>,
+    /// Peers read their MySQL passwords from this Secrets Manager secret (needs
+    /// `aws`) instead of the config.
+    pub mysql_credentials_secret: Option<String>,
 }
 
 /// What the peers need to manage a cluster's NLB target groups and DynamoDB table.
@@ -164,6 +167,7 @@ impl PeerGroupSpec {
             raft_tls: RaftTls::Mutual,
             api_tls: false,
             extra_config: Vec::new(),
+            mysql_credentials_secret: None,
         }
     }
 
@@ -333,11 +337,17 @@ pub fn peer_config(
     for (i, h) in hosts.iter().enumerate() {
         s += &format!("[[peers]]\nid = {}\nhttp = \"{h}:3000\"\nraft = \"{h}:10008\"\n\n", i + 1);
     }
-    s += &format!(
-        "[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\
-         replication_user = \"{REPL_USER}\"\nreplication_password = \"{REPL_PASSWORD}\"\n\n\
-         [mysql.write_check]\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\ntable = \"{WRITE_CHECK_TABLE}\"\n\n"
-    );
+    s += &match &spec.mysql_credentials_secret {
+        None => format!(
+            "[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\
+             replication_user = \"{REPL_USER}\"\nreplication_password = \"{REPL_PASSWORD}\"\n\n\
+             [mysql.write_check]\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\ntable = \"{WRITE_CHECK_TABLE}\"\n\n"
+        ),
+        Some(secret) => format!(
+            "[mysql]\nuser = \"{ORCH_USER}\"\ncredentials_secret = \"{secret}\"\nreplication_user = \"{REPL_USER}\"\n\n\
+             [mysql.write_check]\nuser = \"{APP_USER}\"\ntable = \"{WRITE_CHECK_TABLE}\"\n\n"
+        ),
+    };
     s += &format!(
         "[discovery]\nprobe_interval_ms = {}\nconnect_timeout_ms = {}\nread_timeout_ms = {}\n\n",
         spec.probe_interval_ms, spec.connect_timeout_ms, spec.read_timeout_ms

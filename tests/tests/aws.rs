@@ -264,7 +264,7 @@ async fn master_lock_refuses_a_deposed_leader() {
     let moto =
         Moto::start(&block.host(1), dir.path(), block.state_dir(), Lifetime::Test, None).await.unwrap();
     let clients = aws::clients(&moto.endpoint).await;
-    let resources = aws::provision(&clients, "fence", &[block.host(1)]).await.unwrap();
+    let resources = aws::provision(&moto.endpoint, "fence", &[block.host(1)]).await.unwrap();
     let table = &resources.table;
     let lock = |holder: &str, epoch, raft_term| MasterLock {
         holder: holder.into(),

@@ -2,21 +2,16 @@
 //! table, each behind a small trait the controller is generic over, and Secrets
 //! Manager (API tokens read at start).
 //!
-//! Clients come from the standard chain (credentials and region from the environment,
-//! profile or instance role) with the config's region and `endpoint_url` on top. Every
-//! call is bounded by `call_timeout_ms` (retries included), so a hung endpoint costs
-//! the controller a few seconds and never the MySQL side anything.
+//! Clients come from the shared [`aws_connect`] configuration: the standard chain
+//! (credentials and region from the environment, profile or instance role) with the
+//! config's region and `endpoint_url` on top. Every call is bounded by
+//! `call_timeout_ms` (retries included), so a hung endpoint costs the controller a few
+//! seconds and never the MySQL side anything.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::time::Duration;
-
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-use aws_smithy_http_client::tls;
+use std::collections::HashMap;
+use std::future::Future;
 
 use super::mirror::{
     Fence, LockTable, MasterLock, PutOutcome, TopologyItem, FENCE_CONDITION, MASTER_LOCK, PK, TOPOLOGY,
@@ -57,34 +52,8 @@ impl AwsClients {
 
     /// As [`AwsClients::load`], with fixed credentials instead of the chain's (tools
     /// and tests talking to moto).
-    pub async fn load_with(
-        config: &AwsConfig,
-        credentials: Option<aws_sdk_dynamodb::config::Credentials>,
-    ) -> AwsClients {
-        let call_timeout = Duration::from_millis(config.call_timeout_ms);
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(call_timeout.min(Duration::from_secs(1)))
-                    .operation_attempt_timeout(call_timeout / 2)
-                    .operation_timeout(call_timeout)
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(2));
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(c);
-        }
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        let shared = loader.load().await;
+    pub async fn load_with(config: &AwsConfig, credentials: Option<aws_connect::Credentials>) -> AwsClients {
+        let shared = aws_connect::sdk_config(&config.connect_settings(), credentials).await;
         AwsClients {
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             dynamodb: aws_sdk_dynamodb::Client::new(&shared),
@@ -110,9 +79,8 @@ impl AwsClients {
 }
 
 /// The SDK error as one line, with its causes.
-fn sdk_error<E: std::error::Error>(operation: &'static str, e: E) -> AwsError {
-    let text = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
-    AwsError::new(operation, text.replace('\n', " "))
+fn sdk_error<E: std::error::Error + 'static>(operation: &'static str, e: E) -> AwsError {
+    AwsError::new(operation, aws_connect::error_line(&e))
 }
 
 impl TargetGroupApi for AwsClients {

@@ -2,12 +2,14 @@
 //! write as the application user. Each statement is bounded in time, and each command
 //! is safe to repeat (recovery steps are retried and finished by new leaders).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use super::{connect, one_line, ProbeError};
+use super::credentials::Credentials;
+use super::{connect_with, one_line, ProbeError};
 use crate::topology::{Flavor, InstanceKey};
 
 /// Why a command did not take effect.
@@ -23,9 +25,9 @@ pub struct AdminError {
 #[derive(Clone)]
 pub struct AdminSettings {
     pub user: String,
-    pub password: String,
     pub replication_user: String,
-    pub replication_password: String,
+    /// The passwords of `user`, `replication_user` and the write check's account.
+    pub credentials: Arc<Credentials>,
     /// A non-privileged account (the application's) that proves the new master takes
     /// writes, and the table it writes to (`schema.table` with `id` and `at` columns).
     pub verify: Option<WriteCheck>,
@@ -50,7 +52,6 @@ impl std::fmt::Debug for AdminSettings {
 #[derive(Clone)]
 pub struct WriteCheck {
     pub user: String,
-    pub password: String,
     pub table: String,
 }
 
@@ -266,16 +267,17 @@ impl MysqlAdmin {
     /// `text` with every `PASSWORD=` value and every password this peer knows replaced
     /// by `…`: what may be logged of a statement or a server's error about it.
     fn scrub(&self, text: &str) -> String {
-        let s = &self.settings;
-        let check = s.verify.as_ref().map(|v| v.password.as_str()).unwrap_or_default();
-        [s.password.as_str(), s.replication_password.as_str(), check]
+        let passwords = self.settings.credentials.current();
+        passwords
+            .all()
             .into_iter()
             .filter(|p| p.len() >= 3)
             .fold(redact_passwords(text), |t, p| t.replace(p, "…"))
     }
 
     async fn open(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
-        connect(key, &self.settings.user, &self.settings.password, self.settings.connect_timeout)
+        let s = &self.settings;
+        connect_with(&s.credentials, key, &s.user, |p| &p.orchestrator, s.connect_timeout)
             .await
             .map_err(|e: ProbeError| Self::error(key, "connect", e))
     }
@@ -313,7 +315,7 @@ impl MysqlAdmin {
     /// A connection for fencing: bounded by the short fence connect timeout.
     async fn open_for_fence(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
         let s = &self.settings;
-        connect(key, &s.user, &s.password, s.fence_connect_timeout)
+        connect_with(&s.credentials, key, &s.user, |p| &p.orchestrator, s.fence_connect_timeout)
             .await
             .map_err(|e: ProbeError| Self::error(key, "connect", e))
     }
@@ -391,9 +393,10 @@ impl MysqlAdmin {
         flavor: Flavor,
     ) -> Result<(), AdminError> {
         let s = &self.settings;
-        let mut conn = connect(key, &s.user, &s.password, s.fence_connect_timeout)
-            .await
-            .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
+        let mut conn =
+            connect_with(&s.credentials, key, &s.user, |p| &p.orchestrator, s.fence_connect_timeout)
+                .await
+                .map_err(|e: ProbeError| Self::error(key, "connect", e))?;
         for sql in fence_admission_statements(flavor) {
             self.run(key, &mut conn, &sql).await?;
         }
@@ -567,9 +570,13 @@ impl MysqlAdmin {
         }
         self.kill_io_thread(key, &mut conn).await;
         let s = &self.settings;
-        for sql in
-            repoint_statements(flavor, source, &s.replication_user, &s.replication_password, was_master)
-        {
+        for sql in repoint_statements(
+            flavor,
+            source,
+            &s.replication_user,
+            &s.credentials.current().replication,
+            was_master,
+        ) {
             self.run(key, &mut conn, &sql).await?;
         }
         if !flavor.is_mariadb() {
@@ -589,9 +596,15 @@ impl MysqlAdmin {
                 conn.query_first("SELECT @@read_only").await.map_err(|e| Self::error(key, "read_only", e))?;
             return if ro == Some(0) { Ok(()) } else { Err(Self::error(key, "verify", "read_only is on")) };
         };
-        let mut conn = connect(key, &check.user, &check.password, self.settings.connect_timeout)
-            .await
-            .map_err(|e| Self::error(key, "connect as the write-check user", e))?;
+        let mut conn = connect_with(
+            &self.settings.credentials,
+            key,
+            &check.user,
+            |p| &p.write_check,
+            self.settings.connect_timeout,
+        )
+        .await
+        .map_err(|e| Self::error(key, "connect as the write-check user", e))?;
         let sql = format!(
             "REPLACE INTO {} (id, at) VALUES (@@server_id, NOW(6))",
             check.table.split('.').map(|p| format!("`{}`", p.replace('`', ""))).collect::<Vec<_>>().join(".")

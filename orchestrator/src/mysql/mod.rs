@@ -8,10 +8,11 @@
 //! server.
 
 pub mod admin;
+pub mod credentials;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -66,7 +67,8 @@ pub trait Prober: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ProbeSettings {
     pub user: String,
-    pub password: String,
+    /// Its password is `credentials.current().orchestrator`.
+    pub credentials: Arc<credentials::Credentials>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Port assumed for replicas found only through the processlist.
@@ -77,7 +79,6 @@ impl std::fmt::Debug for ProbeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeSettings")
             .field("user", &self.user)
-            .field("password", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .finish()
@@ -97,7 +98,8 @@ impl MysqlProber {
 
     /// Opens a new connection to `key`, bounded by the connect timeout.
     pub async fn connect(&self, key: &InstanceKey) -> Result<Conn, ProbeError> {
-        connect(key, &self.settings.user, &self.settings.password, self.settings.connect_timeout).await
+        let s = &self.settings;
+        connect_with(&s.credentials, key, &s.user, |p| &p.orchestrator, s.connect_timeout).await
     }
 
     /// Runs the probe queries on `conn`, keeping it for next time only on success; on
@@ -121,6 +123,27 @@ impl MysqlProber {
         if let Ok(mut map) = self.connections.lock() {
             map.insert(key.clone(), conn);
         }
+    }
+}
+
+/// As [`connect`], with the password `which` picks from `credentials`; a refused
+/// login reads the credentials secret again and, if the password changed, retries
+/// once (a rotated password is picked up without a restart).
+pub async fn connect_with(
+    credentials: &credentials::Credentials,
+    key: &InstanceKey,
+    user: &str,
+    which: fn(&credentials::Passwords) -> &String,
+    timeout: Duration,
+) -> Result<Conn, ProbeError> {
+    let passwords = credentials.current();
+    match connect(key, user, which(&passwords), timeout).await {
+        Err(e)
+            if e.kind() == FailureKind::Rejected && credentials.refresh_after_refusal(&passwords).await =>
+        {
+            connect(key, user, which(&credentials.current()), timeout).await
+        }
+        other => other,
     }
 }
 

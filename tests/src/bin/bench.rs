@@ -341,8 +341,8 @@ async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow
     }
     print_table(&results);
     println!(
-        "\n(*) the stand-in health-checks {NLB_TIME_SCALE}x faster than the target groups say (5 s interval, \
-         threshold 2); on AWS a newly registered target takes traffic only after ~10 s of passing checks"
+        "\n(*) the stand-in health-checks {NLB_TIME_SCALE}x faster than the target groups say (10 s interval, \
+         threshold 3, as the provisioner sets them); on AWS a newly registered target takes traffic only after ~30 s of passing checks"
     );
     Ok(())
 }

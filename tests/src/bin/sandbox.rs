@@ -179,12 +179,21 @@ async fn up(dir: &Path, flavor: Flavor) -> anyhow::Result<()> {
         .await
         .context("starting moto_server")?;
     let clients = aws::clients(&moto.endpoint).await;
-    let resources = aws::provision(&aws::provisioning_clients(&moto.endpoint).await, ALIAS, &hosts)
-        .await
-        .context("creating the NLB, target groups and table")?;
     println!(
-        "created NLB {}-nlb, target groups {0}-write (3306) and {0}-read (3307), DynamoDB table {}",
-        resources.cluster_id, resources.table
+        "provisioning the cluster's AWS side (provisioner apply, spec in {}) ...",
+        dir.join("cluster.toml").display()
+    );
+    let resources =
+        aws::provision(&moto.endpoint, ALIAS, &hosts).await.context("provisioning the cluster's AWS side")?;
+    std::fs::write(dir.join("cluster.toml"), &resources.spec_toml)?;
+    println!(
+        "created NLB {0}-nlb, target groups {0}-write (3306) and {0}-read (3307), Auto Scaling group {1}, \
+         table {2}, bucket {3}, secret {4}",
+        resources.cluster_id,
+        resources.auto_scaling_group,
+        resources.table,
+        resources.bucket,
+        resources.credentials_secret
     );
     let server_name = match flavor {
         Flavor::Mariadb => "MariaDB".to_string(),
@@ -389,6 +398,48 @@ async fn aws_status(state: &SandboxState, resources: &ClusterResources) {
             }
             Err(e) => println!("{name}: cannot read: {e}"),
         }
+    }
+    let provisioned = aws::provisioner_clients(&state.endpoint()).await;
+    match resources.spec() {
+        Ok(spec) => match provisioner::cloud::status(&provisioned, &spec).await {
+            Ok(status) => {
+                let missing: Vec<String> = status
+                    .resources
+                    .iter()
+                    .filter(|(_, _, e)| !e)
+                    .map(|(k, n, _)| format!("{k} {n}"))
+                    .collect();
+                println!(
+                    "provisioned:    {} of {} resources ({})",
+                    status.resources.len() - missing.len(),
+                    status.resources.len(),
+                    if missing.is_empty() {
+                        "none missing".to_string()
+                    } else {
+                        format!("missing: {}", missing.join(", "))
+                    }
+                );
+                let nodes: Vec<String> = status
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{} {} {}{}",
+                            resources.host_of(&n.instance_id).unwrap_or(&n.private_ip),
+                            n.instance_id,
+                            n.lifecycle,
+                            if n.protected_from_scale_in { " protected" } else { "" }
+                        )
+                    })
+                    .collect();
+                println!("ASG {}: {}", resources.auto_scaling_group, nodes.join(", "));
+                println!("bucket:         {}", resources.bucket);
+                println!("secret:         {}", resources.credentials_secret);
+                println!("NLB DNS name:   {}", status.summary.dns_name);
+            }
+            Err(e) => println!("provisioned:    cannot read: {e:#}"),
+        },
+        Err(e) => println!("provisioned:    bad spec: {e}"),
     }
     match clients.get_master_lock(&resources.table).await {
         Ok(Some(lock)) => println!(
