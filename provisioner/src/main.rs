@@ -102,7 +102,7 @@ fn main() {
 
 /// The spec and clients for an AWS command; the spec is checked before any call.
 async fn connect(
-    spec: &PathBuf,
+    spec: &std::path::Path,
     args_region: Option<String>,
     endpoint_url: Option<String>,
 ) -> anyhow::Result<(ClusterSpec, Clients)> {
