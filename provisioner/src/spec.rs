@@ -112,6 +112,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> SpecError {
 
 /// The tag keys every resource carries; the spec's `tags` may not set them.
 pub const OWN_TAG_KEYS: [&str; 3] = ["cluster", "component", "managed-by"];
+/// Tags a spec may add (instances hold 50; the provisioner adds up to 13).
+pub const MAX_SPEC_TAGS: usize = 37;
 /// The `managed-by` tag's value.
 pub const MANAGED_BY: &str = "orchestrator-provisioner";
 
@@ -131,7 +133,7 @@ impl ClusterSpec {
     /// Parses and validates spec text.
     pub fn parse(text: &str) -> Result<ClusterSpec, SpecError> {
         let spec: ClusterSpec = toml::from_str(text)
-            .map_err(|e| SpecError::Parse { path: "spec".into(), message: one_line_toml_error(&e) })?;
+            .map_err(|e| SpecError::Parse { path: "spec".into(), message: one_line_toml_error(text, &e) })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -228,24 +230,36 @@ impl ClusterSpec {
                 format!("{} s: give 1 to 86400", self.replica_max_lag_s),
             ));
         }
-        if self.tags.len() > 40 {
+        // Instances carry these, ours (3), Name and up to 9 node facts: 50 at most.
+        if self.tags.len() > MAX_SPEC_TAGS {
             return Err(invalid(
                 "tags",
-                format!("{} tags: at most 40 (AWS allows 50, we add ours)", self.tags.len()),
+                format!(
+                    "{} tags: at most {MAX_SPEC_TAGS} (instances hold 50, the provisioner adds up to 13)",
+                    self.tags.len()
+                ),
             ));
         }
         for (k, v) in &self.tags {
-            if OWN_TAG_KEYS.contains(&k.as_str()) {
+            if OWN_TAG_KEYS.contains(&k.as_str()) || k == "Name" || k.starts_with("orchestrator:") {
                 return Err(invalid(format!("tags.{k}"), "this tag is set by the provisioner"));
             }
-            if k.is_empty() || k.len() > 128 || k.to_ascii_lowercase().starts_with("aws:") {
+            // Instance tags are readable through IMDS only with keys of these characters.
+            let key_ok = !k.is_empty()
+                && k.len() <= 128
+                && !k.to_ascii_lowercase().starts_with("aws:")
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || "+-._:@".contains(c));
+            if !key_ok {
                 return Err(invalid(
                     format!("tags.{k}"),
-                    "tag keys are 1 to 128 characters, not starting with aws:",
+                    "tag keys are 1 to 128 letters, digits and + - . _ : @, not starting with aws:",
                 ));
             }
-            if v.len() > 256 {
-                return Err(invalid(format!("tags.{k}"), "tag values are at most 256 characters"));
+            if v.len() > 256 || v.contains(", ") || v.contains('\n') {
+                return Err(invalid(
+                    format!("tags.{k}"),
+                    "tag values are at most 256 characters, without \", \" or line breaks",
+                ));
             }
         }
         Ok(())
@@ -295,7 +309,10 @@ pub fn instance_store_type(instance_type: &str) -> bool {
     let family = instance_type.split('.').next().unwrap_or("");
     let letters: String = family.chars().take_while(|c| c.is_ascii_lowercase()).collect();
     let attributes: String = family.chars().skip(letters.len()).skip_while(|c| c.is_ascii_digit()).collect();
-    letters.starts_with('i') || letters == "d" || attributes.contains('d')
+    // Storage-optimized i/im/is and d families, and the older ones with local disks.
+    let storage_family = matches!(letters.as_str(), "i" | "im" | "is" | "d")
+        || matches!(family, "h1" | "f1" | "x1" | "x1e" | "dl1");
+    storage_family || attributes.contains('d')
 }
 
 fn aws_id(key: &str, value: &str, prefix: &str) -> Result<(), SpecError> {
@@ -325,19 +342,17 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
 
 /// toml's errors span several lines (a snippet of the file): keep the message and
 /// the line number.
-fn one_line_toml_error(e: &toml::de::Error) -> String {
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(_) => {
-            let first = e.to_string();
-            let line = first.lines().next().unwrap_or("").trim().trim_end_matches(':').to_string();
-            if line.starts_with("TOML parse error") {
-                format!("{message} ({})", line.trim_start_matches("TOML parse error "))
-            } else {
-                message
-            }
+    let Some(span) = e.span() else { return message };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        // A bad value: name its key.
+        Some((key, _)) if !message.contains('`') || message.starts_with("invalid") => {
+            format!("{}: {message} (line {line_no})", key.trim())
         }
-        None => message,
+        _ => format!("{message} (line {line_no})"),
     }
 }
 
@@ -476,6 +491,21 @@ server_version = "8.0.36"
     }
 
     #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let e = ClusterSpec::parse(&GOOD.replace("instance_count = 3", "instance_count = \"3\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spec: instance_count: invalid type"), "{e}");
+        let e = ClusterSpec::parse(&(GOOD.to_string() + "[tags]\n\"cost center\" = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tags.cost center: tag keys are"), "{e}");
+        let e =
+            ClusterSpec::parse(&(GOOD.to_string() + "[tags]\nteam = \"a, b\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("tags.team: tag values"), "{e}");
+    }
+
+    #[test]
     fn missing_required_key_is_named() {
         let e = ClusterSpec::parse(&GOOD.replace("ami_id = \"ami-0123\"\n", "")).unwrap_err().to_string();
         assert!(e.contains("missing field `ami_id`"), "{e}");
@@ -492,10 +522,13 @@ server_version = "8.0.36"
             "d3.2xlarge",
             "x2iedn.xlarge",
             "is4gen.large",
+            "x1e.xlarge",
+            "h1.2xlarge",
         ] {
             assert!(instance_store_type(t), "{t}");
         }
-        for t in ["t3.medium", "m5.large", "r6g.xlarge", "c5n.large", "m7i.large", "r5b.large"] {
+        for t in ["t3.medium", "m5.large", "r6g.xlarge", "c5n.large", "m7i.large", "r5b.large", "inf2.xlarge"]
+        {
             assert!(!instance_store_type(t), "{t}");
         }
     }

@@ -361,7 +361,8 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
     let policy =
         c.iam.get_role_policy().role_name("prov-e2e-node").policy_name("prov-e2e-node").send().await.unwrap();
     let doc = policy.policy_document();
-    let decoded = if doc.starts_with('{') { doc.to_string() } else { urlencoding_decode(doc) };
+    let decoded =
+        if doc.starts_with('{') { doc.to_string() } else { provisioner::cloud::observe::url_decode(doc) };
     assert_eq!(
         provisioner::iam_policy::canonical_json(&decoded).unwrap(),
         provisioner::iam_policy::node_policy(id)
@@ -452,24 +453,6 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
     .await
     .unwrap();
     assert!(after.resources.is_empty(), "{:?}", after.resources);
-}
-
-fn urlencoding_decode(text: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 /// Bad specs fail with one line naming the key, before any AWS call: the endpoint

@@ -126,6 +126,9 @@ impl MysqlProber {
     }
 }
 
+/// How long a refused login waits for the credentials secret to be read again.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
 /// As [`connect`], with the password `which` picks from `credentials`; a refused
 /// login reads the credentials secret again and, if the password changed, retries
 /// once (a rotated password is picked up without a restart).
@@ -138,8 +141,12 @@ pub async fn connect_with(
 ) -> Result<Conn, ProbeError> {
     let passwords = credentials.current();
     match connect(key, user, which(&passwords), timeout).await {
+        // Bounded: a fence (150 ms connects) must not wait out a slow Secrets Manager.
         Err(e)
-            if e.kind() == FailureKind::Rejected && credentials.refresh_after_refusal(&passwords).await =>
+            if e.kind() == FailureKind::Rejected
+                && tokio::time::timeout(REFRESH_WAIT, credentials.refresh_after_refusal(&passwords))
+                    .await
+                    .unwrap_or(false) =>
         {
             connect(key, user, which(&credentials.current()), timeout).await
         }

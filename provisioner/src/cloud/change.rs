@@ -35,6 +35,8 @@ pub struct Changer<'a> {
     pub spec: &'a ClusterSpec,
     pub names: ResourceNames,
     pub ids: Ids,
+    /// The launch template's default version before this apply changed it.
+    pub previous_template_version: Option<i64>,
 }
 
 fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_ec2::types::Tag> {
@@ -65,13 +67,19 @@ fn tag_delta(old: &str, new: &Resource) -> (BTreeMap<String, String>, Vec<String
 fn permission(rule: &str, ids: &Ids) -> anyhow::Result<IpPermission> {
     let (what, source) = rule.split_once(" from ").with_context(|| format!("bad rule `{rule}`"))?;
     let mut p = IpPermission::builder();
+    let ports = |text: &str| -> anyhow::Result<(i32, i32)> {
+        let (a, b) = text.split_once('-').unwrap_or((text, text));
+        Ok((a.parse()?, b.parse()?))
+    };
     p = match what.split_once(' ') {
-        Some(("tcp", port)) => {
-            let port: i32 = port.parse().with_context(|| format!("bad port in `{rule}`"))?;
-            p.ip_protocol("tcp").from_port(port).to_port(port)
-        }
         _ if what == "icmp" => p.ip_protocol("icmp").from_port(-1).to_port(-1),
-        _ => bail!("bad rule `{rule}`"),
+        _ if what == "all" => p.ip_protocol("-1"),
+        Some((proto, "all")) => p.ip_protocol(proto),
+        Some((proto, range)) => {
+            let (from, to) = ports(range).with_context(|| format!("bad ports in `{rule}`"))?;
+            p.ip_protocol(proto).from_port(from).to_port(to)
+        }
+        None => bail!("bad rule `{rule}`"),
     };
     p = if parse_cidr(source).is_ok() {
         p.ip_ranges(IpRange::builder().cidr_ip(source).build())
@@ -96,7 +104,10 @@ where
     loop {
         match f().await {
             Ok(()) => return Ok(()),
-            Err(e) if format!("{e:#}").contains("DependencyViolation") && started.elapsed() < limit => {
+            Err(e)
+                if ["DependencyViolation", "ResourceInUse"].iter().any(|c| format!("{e:#}").contains(c))
+                    && started.elapsed() < limit =>
+            {
                 tracing::info!("{what} still in use; retrying");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -407,6 +418,16 @@ impl Changer<'_> {
             }
             Kind::LaunchTemplate => {
                 if changed.iter().any(|k| *k != "tags") {
+                    let current = self
+                        .c
+                        .ec2
+                        .describe_launch_templates()
+                        .launch_template_ids(&id)
+                        .send()
+                        .await
+                        .map_err(|e| call_error("DescribeLaunchTemplates", e))?;
+                    self.previous_template_version =
+                        current.launch_templates().first().and_then(|t| t.default_version_number());
                     let data = self.launch_template_data(r)?;
                     let out = self
                         .c
@@ -433,6 +454,15 @@ impl Changer<'_> {
                 }
                 if tags_changed {
                     self.retag_ec2(&id, old_tags, r).await?;
+                }
+                if changed.contains(&"instance_tags") {
+                    // Running nodes get the new tags now; no instance is replaced for a tag.
+                    let old_instance = old.get("instance_tags").map(String::as_str).unwrap_or("");
+                    let wanted =
+                        Resource::new(Kind::LaunchTemplate, "").with("tags", r.attr("instance_tags"));
+                    for instance in self.group_instances().await? {
+                        self.retag_ec2(&instance, old_instance, &wanted).await?;
+                    }
                 }
             }
             Kind::AutoScalingGroup => {
@@ -616,6 +646,18 @@ impl Changer<'_> {
                     .send()
                     .await
                     .map_err(|e| call_error("DeleteTable", e))?;
+                self.wait_gone("table", &r.name, Duration::from_secs(300), || async {
+                    match self.c.dynamodb.describe_table().table_name(&r.name).send().await {
+                        Ok(_) => Ok(true),
+                        Err(e)
+                            if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) =>
+                        {
+                            Ok(false)
+                        }
+                        Err(e) => Err(call_error("DescribeTable", e)),
+                    }
+                })
+                .await?;
             }
             Kind::InstanceProfile => {
                 for role in r.list("role") {
@@ -671,6 +713,43 @@ impl Changer<'_> {
         }
         self.ids.remove(r.kind, &r.name);
         Ok(())
+    }
+
+    /// The instance ids in the cluster's Auto Scaling group (none when it does not exist).
+    async fn group_instances(&self) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .c
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&self.names.auto_scaling_group)
+            .send()
+            .await
+            .map_err(|e| call_error("DescribeAutoScalingGroups", e))?;
+        Ok(out
+            .auto_scaling_groups()
+            .iter()
+            .flat_map(|g| g.instances())
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect())
+    }
+
+    /// Makes the launch template's previous version the default again (an instance
+    /// refresh could not start: the next apply sees the change and tries again).
+    pub async fn restore_template_version(&self) -> anyhow::Result<Option<i64>> {
+        let (Some(version), Some(id)) =
+            (self.previous_template_version, self.ids.get(Kind::LaunchTemplate, &self.names.launch_template))
+        else {
+            return Ok(None);
+        };
+        self.c
+            .ec2
+            .modify_launch_template()
+            .launch_template_id(id)
+            .default_version(version.to_string())
+            .send()
+            .await
+            .map_err(|e| call_error("ModifyLaunchTemplate", e))?;
+        Ok(Some(version))
     }
 
     /// Removes a group's ingress rules (before the groups are deleted, so that rules
@@ -1103,7 +1182,8 @@ impl Changer<'_> {
             if objects.is_empty() {
                 break;
             }
-            self.c
+            let deleted = self
+                .c
                 .s3
                 .delete_objects()
                 .bucket(bucket)
@@ -1111,6 +1191,14 @@ impl Changer<'_> {
                 .send()
                 .await
                 .map_err(|e| call_error("DeleteObjects", e))?;
+            if let Some(e) = deleted.errors().first() {
+                bail!(
+                    "bucket {bucket}: cannot delete {} ({}): {}",
+                    e.key().unwrap_or("?"),
+                    e.code().unwrap_or("?"),
+                    e.message().unwrap_or("")
+                );
+            }
         }
         self.c.s3.delete_bucket().bucket(bucket).send().await.map_err(|e| call_error("DeleteBucket", e))?;
         Ok(())
@@ -1265,6 +1353,10 @@ impl Changer<'_> {
             .metadata_options(
                 LaunchTemplateInstanceMetadataOptionsRequest::builder()
                     .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    // The bootstrap reads the node's facts from its tags through IMDS.
+                    .instance_metadata_tags(
+                        aws_sdk_ec2::types::LaunchTemplateInstanceMetadataTagsState::Enabled,
+                    )
                     .http_put_response_hop_limit(1)
                     .build(),
             )
@@ -1371,20 +1463,25 @@ impl Changer<'_> {
             .send()
             .await
         {
-            Ok(out) => out.instance_refreshes().iter().any(|r| {
-                matches!(r.status(), Some(InstanceRefreshStatus::Pending | InstanceRefreshStatus::InProgress))
-            }),
+            Ok(out) => out.instance_refreshes().iter().any(|r| r.status().is_some_and(refresh_running)),
             Err(e) if unsupported(&e) => return Ok(RefreshOutcome::Unsupported("DescribeInstanceRefreshes")),
             Err(e) => return Err(call_error("DescribeInstanceRefreshes", e)),
         };
         if running {
-            self.c
-                .autoscaling
-                .cancel_instance_refresh()
-                .auto_scaling_group_name(asg)
-                .send()
-                .await
-                .map_err(|e| call_error("CancelInstanceRefresh", e))?;
+            self.cancel_instance_refresh().await?;
+            // Cancelling takes a while; a new refresh is refused until it is over.
+            self.wait_gone("instance refresh of", asg, Duration::from_secs(600), || async {
+                let out = self
+                    .c
+                    .autoscaling
+                    .describe_instance_refreshes()
+                    .auto_scaling_group_name(asg)
+                    .send()
+                    .await
+                    .map_err(|e| call_error("DescribeInstanceRefreshes", e))?;
+                Ok(out.instance_refreshes().iter().any(|r| r.status().is_some_and(refresh_running)))
+            })
+            .await?;
         }
         let count = self.spec.instance_count;
         let min_healthy = ((count - 1) * 100 / count) as i32;
@@ -1421,6 +1518,18 @@ impl Changer<'_> {
             .map_err(|e| call_error("CancelInstanceRefresh", e))?;
         Ok(())
     }
+}
+
+/// A refresh in one of these states blocks a new one.
+fn refresh_running(status: &InstanceRefreshStatus) -> bool {
+    matches!(
+        status,
+        InstanceRefreshStatus::Pending
+            | InstanceRefreshStatus::InProgress
+            | InstanceRefreshStatus::Cancelling
+            | InstanceRefreshStatus::RollbackInProgress
+            | InstanceRefreshStatus::Baking
+    )
 }
 
 /// What became of the instance refresh a launch template change asks for.

@@ -172,7 +172,8 @@ pub async fn apply(
     let Planned { plan, observed, .. } = plan(c, spec).await?;
     let old: BTreeMap<(Kind, String), Resource> =
         observed.resources.iter().map(|r| ((r.kind, r.name.clone()), r.clone())).collect();
-    let mut changer = Changer { c, spec, names: spec.names(), ids: observed.ids.clone() };
+    let mut changer =
+        Changer { c, spec, names: spec.names(), ids: observed.ids.clone(), previous_template_version: None };
     let total = plan.changes.len();
     let mut template_changed = false;
     let mut group_created = false;
@@ -181,21 +182,23 @@ pub async fn apply(
         match &change.action {
             Action::Create => {
                 progress(&format!("{step} creating {} {}", change.kind, change.name));
-                changer
-                    .create(&change.resource)
-                    .await
-                    .with_context(|| format!("creating {} {}", change.kind, change.name))?;
+                if let Err(e) = changer.create(&change.resource).await {
+                    let e = e.context(format!("creating {} {}", change.kind, change.name));
+                    return Err(undo_template_version(&changer, e).await);
+                }
                 group_created |= change.kind == Kind::AutoScalingGroup;
             }
             Action::Update(diffs) => {
                 let keys: Vec<&str> = diffs.iter().map(|d| d.key).collect();
                 progress(&format!("{step} updating {} {} ({})", change.kind, change.name, keys.join(", ")));
                 let before = &old[&(change.kind, change.name.clone())].attrs;
-                changer
-                    .update(&change.resource, before)
-                    .await
-                    .with_context(|| format!("updating {} {}", change.kind, change.name))?;
-                template_changed |= change.kind == Kind::LaunchTemplate && keys.iter().any(|k| *k != "tags");
+                if let Err(e) = changer.update(&change.resource, before).await {
+                    let e = e.context(format!("updating {} {}", change.kind, change.name));
+                    return Err(undo_template_version(&changer, e).await);
+                }
+                // Tags alone replace no instance (running ones are retagged).
+                template_changed |= change.kind == Kind::LaunchTemplate
+                    && keys.iter().any(|k| !["tags", "instance_tags"].contains(k));
             }
             Action::Delete => unreachable!("apply never deletes"),
         }
@@ -205,9 +208,14 @@ pub async fn apply(
         && !group_created
         && changer.ids.get(Kind::AutoScalingGroup, &spec.names().auto_scaling_group).is_some()
     {
-        let outcome = changer.start_instance_refresh().await.context("starting the instance refresh")?;
+        let outcome = match changer.start_instance_refresh().await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                return Err(undo_template_version(&changer, e.context("starting the instance refresh")).await)
+            }
+        };
         match &outcome {
-            RefreshOutcome::Started(id) => progress(&format!("instance refresh {id} started: nodes are replaced one at a time, the master last (after a switchover moves its scale-in protection)")),
+            RefreshOutcome::Started(id) => progress(&format!("instance refresh {id} started: nodes are replaced one at a time, never below n-1 healthy; an instance protected from scale-in (the master, once the orchestrator protects it) waits until its protection moves")),
             RefreshOutcome::Unsupported(op) => progress(&format!("instance refresh not started: the endpoint does not implement {op}; new instances use the new launch template version, running ones keep theirs until replaced")),
         }
         refresh = Some(outcome);
@@ -218,6 +226,20 @@ pub async fn apply(
     };
     let summary = Summary::of(spec, &c.region, &changer.ids, dns.as_deref());
     Ok(Applied { plan, summary, refresh, changing_calls: c.log.changing_calls() })
+}
+
+/// After a failed step: the launch template's default version goes back to what it
+/// was, so no instance launches half-applied and the next apply sees the change again.
+async fn undo_template_version(changer: &Changer<'_>, e: anyhow::Error) -> anyhow::Error {
+    match changer.restore_template_version().await {
+        Ok(Some(v)) => {
+            e.context(format!("launch template default version set back to {v} (the next apply retries)"))
+        }
+        Ok(None) => e,
+        Err(undo) => {
+            e.context(format!("setting the launch template's default version back failed too ({undo:#})"))
+        }
+    }
 }
 
 async fn load_balancer_dns(c: &Clients, ids: &Ids, spec: &ClusterSpec) -> anyhow::Result<Option<String>> {
@@ -250,7 +272,8 @@ pub async fn destroy(
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Plan> {
     let (plan, observed) = plan_destroy(c, spec, delete_data).await?;
-    let mut changer = Changer { c, spec, names: spec.names(), ids: observed.ids.clone() };
+    let mut changer =
+        Changer { c, spec, names: spec.names(), ids: observed.ids.clone(), previous_template_version: None };
     let total = plan.changes.len();
     let mut rules_revoked = false;
     for (i, change) in plan.changes.iter().enumerate() {

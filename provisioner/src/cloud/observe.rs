@@ -65,6 +65,14 @@ pub async fn network_facts(c: &Clients, spec: &ClusterSpec) -> anyhow::Result<Ne
             bail!("subnet_ids: subnet {id} is in {}, not in {}", s.vpc_id().unwrap_or("?"), spec.vpc_id);
         }
     }
+    let zones: std::collections::BTreeSet<&str> =
+        subnets.subnets().iter().filter_map(|s| s.availability_zone()).collect();
+    if zones.len() < 2 {
+        bail!(
+            "subnet_ids: the subnets are all in {}: give subnets in at least two availability zones",
+            zones.iter().next().unwrap_or(&"one zone")
+        );
+    }
     let images = c
         .ec2
         .describe_images()
@@ -135,9 +143,10 @@ async fn security_groups(
         for p in g.ip_permissions() {
             let what = match (p.ip_protocol(), p.from_port(), p.to_port()) {
                 (Some("icmp"), _, _) => "icmp".to_string(),
-                (Some("tcp"), Some(from), Some(to)) if from == to => format!("tcp {from}"),
-                (Some("tcp"), Some(from), Some(to)) => format!("tcp {from}-{to}"),
-                (proto, from, to) => format!("{} {:?}-{:?}", proto.unwrap_or("?"), from, to),
+                (Some("-1"), _, _) | (None, _, _) => "all".to_string(),
+                (Some(proto), Some(from), Some(to)) if from == to => format!("{proto} {from}"),
+                (Some(proto), Some(from), Some(to)) => format!("{proto} {from}-{to}"),
+                (Some(proto), _, _) => format!("{proto} all"),
             };
             for r in p.ip_ranges() {
                 rules.push(format!("{what} from {}", r.cidr_ip().unwrap_or("?")));
@@ -158,13 +167,15 @@ async fn security_groups(
 }
 
 /// IAM returns policy documents URL-encoded.
-fn url_decode(text: &str) -> String {
+pub fn url_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+            if let Some(b) =
+                std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(b);
                 i += 3;
                 continue;
@@ -268,7 +279,8 @@ async fn table(c: &Clients, n: &ResourceNames, o: &mut Observed) -> anyhow::Resu
         .map_err(|e| call_error("DescribeTimeToLive", e))?;
     let ttl = ttl
         .time_to_live_description()
-        .filter(|d| d.time_to_live_status().is_some_and(|s| s.as_str() == "ENABLED"))
+        // ENABLING is on its way: asking again would be refused.
+        .filter(|d| d.time_to_live_status().is_some_and(|s| matches!(s.as_str(), "ENABLED" | "ENABLING")))
         .and_then(|d| d.attribute_name())
         .unwrap_or("")
         .to_string();
