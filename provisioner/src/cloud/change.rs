@@ -177,7 +177,7 @@ impl Changer<'_> {
                     }
                 }
                 if tags_changed {
-                    self.retag_ec2(&id, old_tags, r).await?;
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::Role => {
@@ -195,27 +195,7 @@ impl Changer<'_> {
                     self.put_role_policy(r).await?;
                 }
                 if tags_changed {
-                    let (set, removed) = tag_delta(old_tags, r);
-                    if !set.is_empty() {
-                        self.c
-                            .iam
-                            .tag_role()
-                            .role_name(&r.name)
-                            .set_tags(Some(iam_tags(&set)?))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("TagRole", e))?;
-                    }
-                    if !removed.is_empty() {
-                        self.c
-                            .iam
-                            .untag_role()
-                            .role_name(&r.name)
-                            .set_tag_keys(Some(removed))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("UntagRole", e))?;
-                    }
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::InstanceProfile => {
@@ -233,27 +213,7 @@ impl Changer<'_> {
                     self.add_role_to_profile(r).await?;
                 }
                 if tags_changed {
-                    let (set, removed) = tag_delta(old_tags, r);
-                    if !set.is_empty() {
-                        self.c
-                            .iam
-                            .tag_instance_profile()
-                            .instance_profile_name(&r.name)
-                            .set_tags(Some(iam_tags(&set)?))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("TagInstanceProfile", e))?;
-                    }
-                    if !removed.is_empty() {
-                        self.c
-                            .iam
-                            .untag_instance_profile()
-                            .instance_profile_name(&r.name)
-                            .set_tag_keys(Some(removed))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("UntagInstanceProfile", e))?;
-                    }
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::Table => {
@@ -286,27 +246,7 @@ impl Changer<'_> {
                     self.table_pitr(&r.name).await?;
                 }
                 if tags_changed {
-                    let (set, removed) = tag_delta(old_tags, r);
-                    if !set.is_empty() {
-                        self.c
-                            .dynamodb
-                            .tag_resource()
-                            .resource_arn(&id)
-                            .set_tags(Some(dynamo_tags(&set)?))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("TagResource", e))?;
-                    }
-                    if !removed.is_empty() {
-                        self.c
-                            .dynamodb
-                            .untag_resource()
-                            .resource_arn(&id)
-                            .set_tag_keys(Some(removed))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("UntagResource", e))?;
-                    }
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::Bucket => {
@@ -338,27 +278,7 @@ impl Changer<'_> {
                     }
                 }
                 if tags_changed {
-                    let (set, removed) = tag_delta(old_tags, r);
-                    if !set.is_empty() {
-                        self.c
-                            .secrets
-                            .tag_resource()
-                            .secret_id(&id)
-                            .set_tags(Some(secret_tags(&set)))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("TagResource", e))?;
-                    }
-                    if !removed.is_empty() {
-                        self.c
-                            .secrets
-                            .untag_resource()
-                            .secret_id(&id)
-                            .set_tag_keys(Some(removed))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("UntagResource", e))?;
-                    }
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::TargetGroup => {
@@ -371,7 +291,7 @@ impl Changer<'_> {
                     self.target_group_delay(&id, r).await?;
                 }
                 if tags_changed {
-                    self.retag_elb(&id, old_tags, r).await?;
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::LoadBalancer => {
@@ -401,7 +321,7 @@ impl Changer<'_> {
                         .map_err(|e| call_error("SetSecurityGroups", e))?;
                 }
                 if tags_changed {
-                    self.retag_elb(&id, old_tags, r).await?;
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
             Kind::Listener => {
@@ -453,7 +373,7 @@ impl Changer<'_> {
                         .map_err(|e| call_error("ModifyLaunchTemplate", e))?;
                 }
                 if tags_changed {
-                    self.retag_ec2(&id, old_tags, r).await?;
+                    self.retag(&id, old_tags, r).await?;
                 }
                 if changed.contains(&"instance_tags") {
                     // Running nodes get the new tags now; no instance is replaced for a tag.
@@ -461,7 +381,7 @@ impl Changer<'_> {
                     let wanted =
                         Resource::new(Kind::LaunchTemplate, "").with("tags", r.attr("instance_tags"));
                     for instance in self.group_instances().await? {
-                        self.retag_ec2(&instance, old_instance, &wanted).await?;
+                        self.retag(&instance, old_instance, &wanted).await?;
                     }
                 }
             }
@@ -520,29 +440,7 @@ impl Changer<'_> {
                     }
                 }
                 if tags_changed {
-                    let (set, removed) = tag_delta(old_tags, r);
-                    if !set.is_empty() {
-                        self.c
-                            .autoscaling
-                            .create_or_update_tags()
-                            .set_tags(Some(asg_tags(&r.name, &set)?))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("CreateOrUpdateTags", e))?;
-                    }
-                    if !removed.is_empty() {
-                        let gone = removed
-                            .iter()
-                            .map(|k| asg_tag(&r.name, k, ""))
-                            .collect::<anyhow::Result<Vec<_>>>()?;
-                        self.c
-                            .autoscaling
-                            .delete_tags()
-                            .set_tags(Some(gone))
-                            .send()
-                            .await
-                            .map_err(|e| call_error("DeleteTags", e))?;
-                    }
+                    self.retag(&id, old_tags, r).await?;
                 }
             }
         }
@@ -794,53 +692,170 @@ impl Changer<'_> {
         Ok(())
     }
 
-    async fn retag_ec2(&self, id: &str, old: &str, r: &Resource) -> anyhow::Result<()> {
+    /// Sets the tags `r` has and `old` lacks, removes those `old` has and `r` lacks,
+    /// with the tagging calls of the resource's service (`id`: its id or ARN).
+    async fn retag(&self, id: &str, old: &str, r: &Resource) -> anyhow::Result<()> {
         let (set, removed) = tag_delta(old, r);
-        if !set.is_empty() {
-            self.c
-                .ec2
-                .create_tags()
-                .resources(id)
-                .set_tags(Some(ec2_tags(&set)))
-                .send()
-                .await
-                .map_err(|e| call_error("CreateTags", e))?;
-        }
-        if !removed.is_empty() {
-            let gone = removed.iter().map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build()).collect();
-            self.c
-                .ec2
-                .delete_tags()
-                .resources(id)
-                .set_tags(Some(gone))
-                .send()
-                .await
-                .map_err(|e| call_error("DeleteTags", e))?;
-        }
-        Ok(())
-    }
-
-    async fn retag_elb(&self, arn: &str, old: &str, r: &Resource) -> anyhow::Result<()> {
-        let (set, removed) = tag_delta(old, r);
-        if !set.is_empty() {
-            self.c
-                .elb
-                .add_tags()
-                .resource_arns(arn)
-                .set_tags(Some(elb_tags(&set)))
-                .send()
-                .await
-                .map_err(|e| call_error("AddTags", e))?;
-        }
-        if !removed.is_empty() {
-            self.c
-                .elb
-                .remove_tags()
-                .resource_arns(arn)
-                .set_tag_keys(Some(removed))
-                .send()
-                .await
-                .map_err(|e| call_error("RemoveTags", e))?;
+        match r.kind {
+            Kind::SecurityGroup | Kind::LaunchTemplate => {
+                if !set.is_empty() {
+                    self.c
+                        .ec2
+                        .create_tags()
+                        .resources(id)
+                        .set_tags(Some(ec2_tags(&set)))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("CreateTags", e))?;
+                }
+                if !removed.is_empty() {
+                    let gone =
+                        removed.iter().map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build()).collect();
+                    self.c
+                        .ec2
+                        .delete_tags()
+                        .resources(id)
+                        .set_tags(Some(gone))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("DeleteTags", e))?;
+                }
+            }
+            Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
+                if !set.is_empty() {
+                    self.c
+                        .elb
+                        .add_tags()
+                        .resource_arns(id)
+                        .set_tags(Some(elb_tags(&set)))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("AddTags", e))?;
+                }
+                if !removed.is_empty() {
+                    self.c
+                        .elb
+                        .remove_tags()
+                        .resource_arns(id)
+                        .set_tag_keys(Some(removed))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("RemoveTags", e))?;
+                }
+            }
+            Kind::Role => {
+                if !set.is_empty() {
+                    self.c
+                        .iam
+                        .tag_role()
+                        .role_name(&r.name)
+                        .set_tags(Some(iam_tags(&set)?))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("TagRole", e))?;
+                }
+                if !removed.is_empty() {
+                    self.c
+                        .iam
+                        .untag_role()
+                        .role_name(&r.name)
+                        .set_tag_keys(Some(removed))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("UntagRole", e))?;
+                }
+            }
+            Kind::InstanceProfile => {
+                if !set.is_empty() {
+                    self.c
+                        .iam
+                        .tag_instance_profile()
+                        .instance_profile_name(&r.name)
+                        .set_tags(Some(iam_tags(&set)?))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("TagInstanceProfile", e))?;
+                }
+                if !removed.is_empty() {
+                    self.c
+                        .iam
+                        .untag_instance_profile()
+                        .instance_profile_name(&r.name)
+                        .set_tag_keys(Some(removed))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("UntagInstanceProfile", e))?;
+                }
+            }
+            Kind::Table => {
+                if !set.is_empty() {
+                    self.c
+                        .dynamodb
+                        .tag_resource()
+                        .resource_arn(id)
+                        .set_tags(Some(dynamo_tags(&set)?))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("TagResource", e))?;
+                }
+                if !removed.is_empty() {
+                    self.c
+                        .dynamodb
+                        .untag_resource()
+                        .resource_arn(id)
+                        .set_tag_keys(Some(removed))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("UntagResource", e))?;
+                }
+            }
+            Kind::Secret => {
+                if !set.is_empty() {
+                    self.c
+                        .secrets
+                        .tag_resource()
+                        .secret_id(id)
+                        .set_tags(Some(secret_tags(&set)))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("TagResource", e))?;
+                }
+                if !removed.is_empty() {
+                    self.c
+                        .secrets
+                        .untag_resource()
+                        .secret_id(id)
+                        .set_tag_keys(Some(removed))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("UntagResource", e))?;
+                }
+            }
+            Kind::AutoScalingGroup => {
+                if !set.is_empty() {
+                    self.c
+                        .autoscaling
+                        .create_or_update_tags()
+                        .set_tags(Some(asg_tags(&r.name, &set)?))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("CreateOrUpdateTags", e))?;
+                }
+                if !removed.is_empty() {
+                    let gone = removed
+                        .iter()
+                        .map(|k| asg_tag(&r.name, k, ""))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    self.c
+                        .autoscaling
+                        .delete_tags()
+                        .set_tags(Some(gone))
+                        .send()
+                        .await
+                        .map_err(|e| call_error("DeleteTags", e))?;
+                }
+            }
+            Kind::Bucket => bail!("bucket {}: tags are set with the bucket's settings", r.name),
         }
         Ok(())
     }
