@@ -17,9 +17,12 @@ apt_install() {
 
 # mariadb-server: the live database of tests and sandbox; clang, lld, libclang-dev:
 # the linker setup in .cargo/config.toml and RocksDB's build; nftables and iproute2:
-# network fault injection in tests.
+# network fault injection in tests; mariadb-backup: seeding a new MariaDB replica from
+# a donor (node bootstrap); cryptsetup: LUKS on instance store (bootstrap, tested on a
+# loop device).
 ensure_system_packages() {
-  apt_install mariadb-server mariadb-client clang lld libclang-dev nftables iproute2 ca-certificates
+  apt_install mariadb-server mariadb-client mariadb-backup cryptsetup clang lld libclang-dev nftables iproute2 \
+    ca-certificates
 }
 
 # rustfmt and clippy for the checks that run before the tests.

@@ -69,8 +69,15 @@ pub struct Config {
     /// Raft log and state live here.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Every peer of the group, this one included; an odd count (1, 3, 5, 7).
+    /// Every peer of the group, this one included; an odd count (1, 3, 5, 7). With
+    /// `join`, the members to ask (any count) plus this peer's own entry.
     pub peers: Vec<PeerConfig>,
+    /// This peer joins a running group (the node bootstrap sets it): it never
+    /// initializes a group of its own; until it is a member it asks the leader, through
+    /// the peers listed, to add it (as a learner; the leader makes it a voter when the
+    /// voters can stay an odd count).
+    #[serde(default)]
+    pub join: bool,
     pub mysql: MysqlConfig,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
@@ -90,6 +97,34 @@ pub struct Config {
     /// TLS on port 3000 (optional) and mutual TLS on the Raft port.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Serving a copy of the co-located server's data to a bootstrapping node.
+    #[serde(default)]
+    pub donor: DonorConfig,
+}
+
+/// A new MariaDB node is seeded from a `mariadb-backup` stream the donor's peer serves
+/// on the Raft port (mutual TLS: only holders of a cluster certificate get it). Needs
+/// the `backup` password of `[mysql] credentials_secret`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DonorConfig {
+    /// The account the backup runs as (BACKUP role of the provisioner's users).
+    pub backup_user: String,
+    /// The `mariadb-backup` program.
+    pub mariadb_backup: PathBuf,
+    /// The co-located server's option file (its `datadir` and InnoDB settings): serving
+    /// backups is on when this is set.
+    pub server_options: Option<PathBuf>,
+}
+
+impl Default for DonorConfig {
+    fn default() -> Self {
+        Self {
+            backup_user: "backup".into(),
+            mariadb_backup: PathBuf::from("mariadb-backup"),
+            server_options: None,
+        }
+    }
 }
 
 /// API authentication (DESIGN.md section 10). Without tokens the peer does not start,
@@ -525,7 +560,7 @@ impl Config {
             message,
         };
         let n = self.peers.len();
-        if n.is_multiple_of(2) {
+        if n.is_multiple_of(2) && !self.join {
             return Err(invalid(
                 "peers",
                 format!("{n} peers configured; a Raft group needs an odd number (1, 3, 5 or 7)"),

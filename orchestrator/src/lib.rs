@@ -17,6 +17,8 @@ pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod discovery;
+pub mod donor;
+pub mod membership;
 pub mod metrics;
 pub mod mysql;
 pub mod ops;

@@ -149,6 +149,7 @@ async fn mysql_credentials(config: &Config) -> anyhow::Result<Arc<Credentials>> 
             orchestrator: config.mysql_password()?,
             replication: config.mysql.replication_password.clone().unwrap_or_default(),
             write_check: config.mysql.write_check.as_ref().map(|w| w.password.clone()).unwrap_or_default(),
+            backup: String::new(),
         }));
     };
     let clients = AwsClients::load(&config.aws).await;
@@ -189,6 +190,20 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!("Raft port without TLS (tls.raft_insecure): any host reaching it can send Raft RPCs");
     }
     let credentials = mysql_credentials(&config).await?;
+    let donor = match (&config.donor.server_options, config.local_instance()) {
+        (Some(options), Some(local)) => {
+            tracing::info!(instance = %local, "serving backups of the co-located server to new nodes");
+            Some(Arc::new(orchestrator::donor::Donor::new(
+                config.donor.mariadb_backup.clone(),
+                config.donor.backup_user.clone(),
+                credentials.clone(),
+                local,
+                options.clone(),
+                config.data_dir.join("donor"),
+            )))
+        }
+        _ => None,
+    };
 
     let aliases = config.clusters.iter().map(|c| (c.alias.clone(), c.seeds.clone())).collect();
     let store = Arc::new(TopologyStore::new(aliases));
@@ -237,7 +252,8 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let raft = RaftNode::start(&config, raft_tls, handle.clone(), metrics.clone(), stop_rx.clone()).await?;
+    let raft =
+        RaftNode::start(&config, raft_tls, handle.clone(), donor, metrics.clone(), stop_rx.clone()).await?;
     tracing::info!(
         raft = %config.raft_listen,
         data_dir = %config.data_dir.display(),

@@ -6,8 +6,10 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::desired::CREDENTIAL_KEYS;
 
-/// Characters in a generated password (about 238 bits of entropy).
-pub const PASSWORD_LEN: usize = 40;
+/// Characters in a generated password (about 190 bits of entropy): MySQL refuses a
+/// replication password longer than 32 characters in `CHANGE REPLICATION SOURCE`
+/// (error 3056, measured on 9.7), so no account gets more.
+pub const PASSWORD_LEN: usize = 32;
 /// Characters in a generated LUKS passphrase.
 pub const PASSPHRASE_LEN: usize = 64;
 
@@ -21,6 +23,20 @@ pub fn new_credentials() -> String {
     let map: serde_json::Map<String, serde_json::Value> =
         CREDENTIAL_KEYS.iter().map(|k| (k.to_string(), generate_password(PASSWORD_LEN).into())).collect();
     serde_json::Value::Object(map).to_string()
+}
+
+/// The peer CA secret's JSON: `{"cert": PEM, "key": PEM}` of a new CA for `cluster`.
+pub fn new_peer_ca(cluster: &str) -> anyhow::Result<String> {
+    let ca = crate::certs::CertAuthority::generate(cluster)?;
+    let pem = ca.pem().ok_or_else(|| anyhow::anyhow!("a new CA has no certificate"))?;
+    Ok(serde_json::json!({"cert": pem.cert, "key": pem.key}).to_string())
+}
+
+/// The API tokens secret's JSON: one `admin` token, for the operators to start with
+/// (`orchctl --token-file`, after reading it from the secret).
+pub fn new_api_tokens() -> String {
+    let token = orchestrator::auth::tokens::generate();
+    serde_json::json!([{"name": "admin", "scope": "admin", "token": token}]).to_string()
 }
 
 /// The keys an existing credentials secret holds (never its values).

@@ -304,6 +304,16 @@ pub fn desired(spec: &ClusterSpec, facts: &NetworkFacts) -> Vec<Resource> {
             .with("content", format!("generated passwords: {}", join_list(CREDENTIAL_KEYS)))
             .with("tags", tag_list(&own_tags(spec, "credentials"))),
     ];
+    out.push(
+        Resource::new(Kind::Secret, &n.peer_ca_secret)
+            .with("content", "generated certificate authority")
+            .with("tags", tag_list(&own_tags(spec, "credentials"))),
+    );
+    out.push(
+        Resource::new(Kind::Secret, &n.api_tokens_secret)
+            .with("content", "generated API tokens")
+            .with("tags", tag_list(&own_tags(spec, "credentials"))),
+    );
     if spec.uses_instance_store() {
         out.push(
             Resource::new(Kind::Secret, &n.luks_secret)

@@ -6,10 +6,13 @@
 //!   pure), the nodes' IAM policy ([`iam_policy`]), generated secrets
 //!   ([`credentials`]), and the AWS edge that reads, creates, updates and deletes
 //!   ([`cloud`]). The test bed and the sandbox build their AWS side with it.
-//! - Node bootstrap pieces: the MySQL server configuration ([`mysql_config`]), users
+//! - Node bootstrap ([`bootstrap`], `provisioner bootstrap`): a fresh instance made a
+//!   member of its cluster (secrets, storage, MySQL, first master or replica under the
+//!   fenced `bootstrap_lock`, the orchestrator peer joining Raft). Its pieces: the MySQL server configuration ([`mysql_config`]), users
 //!   and least privileges per flavor ([`mysql_users`]), and the cluster's certificate
 //!   authority and node certificates for the peers' mutual TLS ([`certs`]).
 
+pub mod bootstrap;
 pub mod certs;
 pub mod cloud;
 pub mod credentials;

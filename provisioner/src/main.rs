@@ -1,11 +1,12 @@
 //! `provisioner`: the AWS side of a cluster (`plan`, `apply`, `destroy`, `status`
-//! from a spec file) and node bootstrap helpers.
+//! from a spec file), node bootstrap (`bootstrap`), and its helpers.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use provisioner::bootstrap::facts::NodeFacts;
 use provisioner::certs::{write_files, NodeSpec};
 use provisioner::cloud::{self, clients::Clients, Endpoint};
 use provisioner::mysql_config::{render, MysqlServerConfig, ServerFlavor};
@@ -52,6 +53,18 @@ enum Command {
     Status {
         #[arg(long)]
         spec: PathBuf,
+    },
+    /// Make this instance a member of its cluster: secrets, storage, MySQL, first
+    /// master or replica (under the fenced bootstrap lock), the orchestrator peer in
+    /// the Raft group. Idempotent: each step does only what is missing; a rerun after
+    /// success does nothing. Run by cloud-init on every node.
+    Bootstrap {
+        /// Read the node's facts from instance metadata and its instance tags.
+        #[arg(long, conflicts_with = "facts")]
+        from_instance_metadata: bool,
+        /// Read the node's facts from this TOML file (tests, the sandbox).
+        #[arg(long, required_unless_present = "from_instance_metadata")]
+        facts: Option<PathBuf>,
     },
     /// Print the my.cnf a node runs with.
     RenderMysqlConfig {
@@ -200,8 +213,47 @@ async fn aws_command(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn bootstrap_command(
+    from_instance_metadata: bool,
+    facts_file: Option<PathBuf>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+) -> anyhow::Result<()> {
+    let mut facts = match (from_instance_metadata, facts_file) {
+        (true, _) => provisioner::bootstrap::facts::from_instance_metadata().await?,
+        (false, Some(path)) => NodeFacts::load(&path)?,
+        (false, None) => anyhow::bail!("give --facts FILE or --from-instance-metadata"),
+    };
+    if region.is_some() {
+        facts.region = region;
+    }
+    if endpoint_url.is_some() {
+        facts.endpoint_url = endpoint_url;
+    }
+    let clients = Clients::new(&Endpoint {
+        region: facts.region.clone(),
+        endpoint_url: facts.endpoint_url.clone(),
+        credentials: None,
+    })
+    .await;
+    anyhow::ensure!(
+        !clients.region.is_empty(),
+        "no AWS region: set `region` in the facts, --region, or AWS_REGION"
+    );
+    provisioner::bootstrap::run(&facts, &clients).await
+}
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Command::Bootstrap { from_instance_metadata, facts } = args.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(bootstrap_command(
+            from_instance_metadata,
+            facts,
+            args.region,
+            args.endpoint_url,
+        ));
+    }
     if matches!(
         args.command,
         Command::Plan { .. } | Command::Apply { .. } | Command::Destroy { .. } | Command::Status { .. }

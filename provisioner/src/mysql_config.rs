@@ -51,6 +51,8 @@ pub struct MysqlServerConfig {
     /// a commit is acknowledged to the client only once a replica has it in its relay
     /// log, so a failover to the most advanced replica loses no acknowledged write.
     pub semi_sync: bool,
+    /// MySQL: load the clone plugin (a new node copies a donor's data with it).
+    pub clone_plugin: bool,
 }
 
 impl MysqlServerConfig {
@@ -71,6 +73,7 @@ impl MysqlServerConfig {
             innodb_log_mb: 16,
             os_user: None,
             semi_sync: true,
+            clone_plugin: false,
         }
     }
 }
@@ -129,6 +132,9 @@ pub fn render(c: &MysqlServerConfig) -> String {
             line("enforce-gtid-consistency", &"ON");
             line("super-read-only", &if c.read_only { "ON" } else { "OFF" });
             line("replica-preserve-commit-order", &"ON");
+            if c.clone_plugin {
+                line("plugin-load-add", &"mysql_clone.so");
+            }
             if c.semi_sync {
                 // The plugins' variables exist only once the plugins are loaded, and
                 // `mysqld --initialize` loads none: initialize with `semi_sync` off.

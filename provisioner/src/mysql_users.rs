@@ -19,6 +19,11 @@ pub enum UserRole {
     Replication,
     /// The application: reads and writes its own schema, nothing global.
     Application,
+    /// Physical backups and seeding new nodes: `mariadb-backup` on MariaDB, the clone
+    /// plugin's donor side (and XtraBackup) on MySQL.
+    Backup,
+    /// Read-only monitoring: process list and replication status.
+    Monitor,
 }
 
 /// The global privileges of `role` on `flavor`, as they go in a `GRANT ... ON *.*`.
@@ -55,6 +60,14 @@ pub fn global_privileges(flavor: ServerFlavor, role: UserRole) -> &'static [&'st
             "CONNECTION_ADMIN",
             "REPLICATION_SLAVE_ADMIN",
         ],
+        (ServerFlavor::Mariadb, UserRole::Backup) => {
+            &["RELOAD", "PROCESS", "LOCK TABLES", "BINLOG MONITOR", "SLAVE MONITOR"]
+        }
+        (ServerFlavor::Mysql, UserRole::Backup) => {
+            &["BACKUP_ADMIN", "RELOAD", "PROCESS", "LOCK TABLES", "REPLICATION CLIENT"]
+        }
+        (ServerFlavor::Mariadb, UserRole::Monitor) => &["PROCESS", "SLAVE MONITOR", "BINLOG MONITOR"],
+        (ServerFlavor::Mysql, UserRole::Monitor) => &["PROCESS", "REPLICATION CLIENT"],
         (_, UserRole::Replication) => &["REPLICATION SLAVE"],
         (_, UserRole::Application) => &[],
     }

@@ -371,6 +371,12 @@ pub struct ResourceNames {
     pub bucket: String,
     pub credentials_secret: String,
     pub luks_secret: String,
+    /// The CA that signs the peers' certificates (JSON `cert`, `key`), read by each
+    /// node's bootstrap to certify itself.
+    pub peer_ca_secret: String,
+    /// The peers' API tokens (JSON list, `auth.tokens_secret`), with an `admin` token
+    /// made by the first apply.
+    pub api_tokens_secret: String,
     pub role: String,
     pub instance_profile: String,
 }
@@ -391,6 +397,8 @@ impl ResourceNames {
             bucket: format!("percona-{id}-backups"),
             credentials_secret: format!("{id}/mysql-credentials"),
             luks_secret: format!("{id}-luks-passphrase"),
+            peer_ca_secret: format!("{id}/peer-ca"),
+            api_tokens_secret: format!("{id}/api-tokens"),
             role: format!("{id}-node"),
             instance_profile: format!("{id}-node"),
         }

@@ -5,9 +5,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The sources that run on a node with the nodes' role (the orchestrator peer; the
-/// bootstrap joins this list when it exists).
-const NODE_SIDE: &[&str] = &["orchestrator/src"];
+/// The sources that run on a node with the nodes' role: the orchestrator peer and the
+/// node bootstrap.
+const NODE_SIDE: &[&str] = &["orchestrator/src", "provisioner/src/bootstrap"];
+
+/// Calls IAM authorizes as other actions: a DynamoDB transaction needs the action of
+/// each of its items.
+const AUTHORIZED_AS: &[(&str, &[&str])] =
+    &[("dynamodb:TransactWriteItems", &["dynamodb:PutItem", "dynamodb:ConditionCheckItem"])];
 
 /// Our client field names and the IAM service prefix of each.
 const CLIENTS: &[(&str, &str)] = &[
@@ -52,8 +57,15 @@ fn operations_called(source: &str) -> BTreeSet<String> {
         while let Some(at) = rest.find(&needle) {
             rest = &rest[at + needle.len()..];
             let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-            if !name.is_empty() && rest[name.len()..].starts_with("()") {
-                found.insert(format!("{service}:{}", camel(&name)));
+            // `.clone()` copies a client; it calls nothing.
+            if !name.is_empty() && name != "clone" && rest[name.len()..].starts_with("()") {
+                let call = format!("{service}:{}", camel(&name));
+                match AUTHORIZED_AS.iter().find(|(c, _)| *c == call) {
+                    Some((_, actions)) => found.extend(actions.iter().map(|a| a.to_string())),
+                    None => {
+                        found.insert(call);
+                    }
+                }
             }
         }
     }

@@ -160,8 +160,11 @@ impl ClusterResources {
 pub const MOTO_AMI: &str = "ami-12c6146b";
 
 /// The network a cluster is given (the spec's inputs, made here as an operator's VPC
-/// would be): a VPC on the hosts' loopback /24 and two subnets, the hosts in the
-/// first.
+/// would be): a VPC on the hosts' loopback /24, two subnets for the Auto Scaling group
+/// (`.64/26` and `.128/25`, in two zones), and a third (`.0/26`, returned last) where
+/// the hosts stand in for the group's instances: moto gives the instances it launches
+/// random addresses of the group's subnets and never frees them, so they must not be
+/// the hosts' own.
 pub async fn network(clients: &AwsClients, net: &str) -> anyhow::Result<(String, Vec<String>)> {
     let vpc_id = clients
         .ec2
@@ -175,7 +178,11 @@ pub async fn network(clients: &AwsClients, net: &str) -> anyhow::Result<(String,
         .context("CreateVpc returned no id")?
         .to_string();
     let mut subnets = Vec::new();
-    for (cidr, zone) in [(format!("{net}.0/25"), "us-east-1a"), (format!("{net}.128/25"), "us-east-1b")] {
+    for (cidr, zone) in [
+        (format!("{net}.64/26"), "us-east-1a"),
+        (format!("{net}.128/25"), "us-east-1b"),
+        (format!("{net}.0/26"), "us-east-1a"),
+    ] {
         let id = clients
             .ec2
             .create_subnet()
@@ -237,7 +244,8 @@ pub async fn provision(
     let clients = provisioning_clients(endpoint).await;
     let first = hosts.first().context("no hosts")?;
     let (net, _) = first.rsplit_once('.').context("host is not an IPv4 address")?;
-    let (vpc_id, subnet_ids) = network(&clients, net).await?;
+    let (vpc_id, mut subnet_ids) = network(&clients, net).await?;
+    let host_subnet = subnet_ids.pop().context("no host subnet")?;
     let count = [3, 5, 7].into_iter().find(|c| *c >= hosts.len()).context("at most 7 hosts")?;
     let spec_toml = spec_toml(cluster_id, &vpc_id, &subnet_ids, count);
     let spec = ClusterSpec::parse(&spec_toml)?;
@@ -245,7 +253,7 @@ pub async fn provision(
         .await
         .context("provisioner apply")?;
     let summary = applied.summary;
-    let instances = stand_in_hosts(endpoint, &summary, &subnet_ids[0], hosts).await?;
+    let instances = stand_in_hosts(endpoint, &summary, &host_subnet, hosts).await?;
     Ok(ClusterResources {
         cluster_id: cluster_id.to_string(),
         vpc_id,
@@ -285,6 +293,24 @@ async fn stand_in_hosts(
         .flat_map(|g| g.instances())
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect();
+    // moto's own instances go first: it gives them random addresses in the subnet,
+    // which may be a host's (RunInstances at a taken address fails).
+    if !moto_made.is_empty() {
+        c.autoscaling
+            .detach_instances()
+            .auto_scaling_group_name(group)
+            .set_instance_ids(Some(moto_made.clone()))
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .context("DetachInstances")?;
+        c.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(moto_made))
+            .send()
+            .await
+            .context("TerminateInstances")?;
+    }
     let mut instances = BTreeMap::new();
     for host in hosts {
         let out = c
@@ -305,22 +331,6 @@ async fn stand_in_hosts(
             .with_context(|| format!("RunInstances for {host}"))?;
         let id = out.instances().first().and_then(|i| i.instance_id()).context("RunInstances: no id")?;
         instances.insert(host.clone(), id.to_string());
-    }
-    if !moto_made.is_empty() {
-        c.autoscaling
-            .detach_instances()
-            .auto_scaling_group_name(group)
-            .set_instance_ids(Some(moto_made.clone()))
-            .should_decrement_desired_capacity(true)
-            .send()
-            .await
-            .context("DetachInstances")?;
-        c.ec2
-            .terminate_instances()
-            .set_instance_ids(Some(moto_made))
-            .send()
-            .await
-            .context("TerminateInstances")?;
     }
     c.autoscaling
         .attach_instances()

@@ -17,6 +17,7 @@
 //!   password the bed handed out: one found fails the test.
 
 pub mod aws;
+pub mod bootstrap;
 pub mod ctl;
 pub mod db;
 pub mod hosts;

@@ -76,7 +76,7 @@ impl ManagedChild {
         }
         let child =
             command.spawn().with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
-        record_pid(state_dir, child.id());
+        record(state_dir, child.id());
         Ok(ManagedChild { name: name.to_string(), child: Some(child), lifetime })
     }
 
@@ -154,7 +154,8 @@ pub fn pid_alive(pid: u32) -> bool {
     })
 }
 
-fn record_pid(state_dir: &Path, pid: u32) {
+/// Records `pid` with the address block in `state_dir` ([`kill_recorded`] kills it later if it is still there).
+pub fn record(state_dir: &Path, pid: u32) {
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join(PIDS_FILE)) {
         let _ = writeln!(f, "{pid}");
     }

@@ -68,7 +68,9 @@ async fn bed(cluster_id: &str) -> Bed {
     let moto =
         Moto::start(&block.host(1), dir.path(), block.state_dir(), Lifetime::Test, None).await.unwrap();
     let clients = aws::provisioning_clients(&moto.endpoint).await;
-    let (vpc_id, subnets) = aws::network(&clients, "10.31.7").await.unwrap();
+    let (vpc_id, mut subnets) = aws::network(&clients, "10.31.7").await.unwrap();
+    subnets.truncate(2); // the group's two; the third is for stand-in hosts
+
     let spec_path = dir.path().join("cluster.toml");
     std::fs::write(&spec_path, aws::spec_toml(cluster_id, &vpc_id, &subnets, 3)).unwrap();
     Bed { moto, _block: block, _dir: dir, spec_path, vpc_id, subnets }
@@ -98,10 +100,10 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
 
     let plan = run_ok(&ep, &["plan", "--spec", &spec]);
     assert!(plan.contains("+ load balancer prov-e2e-nlb"), "{plan}");
-    assert!(plan.contains("14 to create, 0 to change, 0 to delete, 0 unchanged"), "{plan}");
+    assert!(plan.contains("16 to create, 0 to change, 0 to delete, 0 unchanged"), "{plan}");
 
     let first = run_ok(&ep, &["apply", "--spec", &spec]);
-    for line in ["[1/14] creating security group prov-e2e-nlb", "creating auto scaling group prov-e2e-nodes"]
+    for line in ["[1/16] creating security group prov-e2e-nlb", "creating auto scaling group prov-e2e-nodes"]
     {
         assert!(first.contains(line), "no `{line}` in:\n{first}");
     }
@@ -372,7 +374,7 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
 
     // Again: nothing to do, no changing call, the secret untouched.
     let second = run_ok(&ep, &["apply", "--spec", &spec]);
-    assert!(second.contains("no changes (14 resources as they should be)"), "{second}");
+    assert!(second.contains("no changes (16 resources as they should be)"), "{second}");
     assert!(second.contains("\n0 changing AWS calls\n"), "{second}");
     assert_eq!(secret_of().await, secret);
 
@@ -388,7 +390,7 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
         plan.contains("~ launch template prov-e2e-node\n    instance_type: t3.medium -> m5.large\n"),
         "{plan}"
     );
-    assert!(plan.contains("0 to create, 1 to change, 0 to delete, 13 unchanged"), "{plan}");
+    assert!(plan.contains("0 to create, 1 to change, 0 to delete, 15 unchanged"), "{plan}");
     let third = run_ok(&ep, &["apply", "--spec", &spec]);
     assert!(
         third.contains("instance refresh not started: the endpoint does not implement")
@@ -439,7 +441,15 @@ async fn apply_creates_everything_and_a_second_apply_changes_nothing() {
     .await
     .unwrap();
     let left: Vec<String> = after.resources.iter().map(|r| format!("{} {}", r.kind, r.name)).collect();
-    assert_eq!(left, ["S3 bucket percona-prov-e2e-backups", "secret prov-e2e/mysql-credentials"]);
+    assert_eq!(
+        left,
+        [
+            "S3 bucket percona-prov-e2e-backups",
+            "secret prov-e2e/mysql-credentials",
+            "secret prov-e2e/peer-ca",
+            "secret prov-e2e/api-tokens"
+        ]
+    );
     assert!(c.elb.describe_load_balancers().names("prov-e2e-nlb").send().await.is_err());
     assert!(c.iam.get_role().role_name("prov-e2e-node").send().await.is_err());
     // Applying again brings the rest back with the same credentials.

@@ -8,7 +8,7 @@
 //! - [`views`]: the read side both share; [`pb`]: model → protobuf conversions;
 //! - [`watch`]: the `Watch` event stream; [`health`]: the NLB's role health checks.
 
-mod grpc;
+pub(crate) mod grpc;
 mod health;
 pub mod http;
 mod pb;

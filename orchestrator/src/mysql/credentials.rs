@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// The passwords of the peer's three accounts.
+/// The passwords of the peer's accounts.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Passwords {
     /// The orchestrator's own account (`[mysql] user`).
@@ -18,6 +18,8 @@ pub struct Passwords {
     pub replication: String,
     /// The application account of the write check.
     pub write_check: String,
+    /// The account a donor's backup runs as (`[donor] backup_user`).
+    pub backup: String,
 }
 
 impl std::fmt::Debug for Passwords {
@@ -28,8 +30,8 @@ impl std::fmt::Debug for Passwords {
 
 impl Passwords {
     /// Every password, for scrubbing them out of messages.
-    pub fn all(&self) -> [&str; 3] {
-        [&self.orchestrator, &self.replication, &self.write_check]
+    pub fn all(&self) -> [&str; 4] {
+        [&self.orchestrator, &self.replication, &self.write_check, &self.backup]
     }
 }
 
@@ -48,8 +50,8 @@ pub enum CredentialsError {
     Missing { secret: String, key: &'static str },
 }
 
-/// Parses the credentials secret. `orchestrator` is required; `replication` and
-/// `write_check` default to empty (accounts not configured).
+/// Parses the credentials secret. `orchestrator` is required; `replication`,
+/// `write_check` and `backup` default to empty (accounts not configured).
 pub fn parse_secret(secret: &str, json: &str) -> Result<Passwords, CredentialsError> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|_| CredentialsError::NotJson { secret: secret.into() })?;
@@ -60,6 +62,7 @@ pub fn parse_secret(secret: &str, json: &str) -> Result<Passwords, CredentialsEr
             .ok_or(CredentialsError::Missing { secret: secret.into(), key: "orchestrator" })?,
         replication: text("replication").unwrap_or_default(),
         write_check: text("write_check").unwrap_or_default(),
+        backup: text("backup").unwrap_or_default(),
     })
 }
 

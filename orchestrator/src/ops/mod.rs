@@ -94,6 +94,14 @@ pub enum Operation {
     TransferLeadership {
         to: NodeId,
     },
+    /// A bootstrapped node adds itself (asked over the peer port with a certificate
+    /// naming its address): a learner first; the leader's membership loop makes it a
+    /// voter when the voters can stay an odd count.
+    JoinPeer {
+        id: NodeId,
+        raft: String,
+        http: String,
+    },
 }
 
 /// Which peer runs an operation.
@@ -118,6 +126,7 @@ impl Operation {
             Operation::AddPeer { .. } => "add_raft_peer",
             Operation::RemovePeer { .. } => "remove_raft_peer",
             Operation::TransferLeadership { .. } => "transfer_leadership",
+            Operation::JoinPeer { .. } => "join_raft_peer",
         }
     }
 
@@ -135,7 +144,8 @@ impl Operation {
             | Operation::SetGlobalRecoveries { .. }
             | Operation::AddPeer { .. }
             | Operation::RemovePeer { .. }
-            | Operation::TransferLeadership { .. } => Scope::Admin,
+            | Operation::TransferLeadership { .. }
+            | Operation::JoinPeer { .. } => Scope::Admin,
         }
     }
 
@@ -186,7 +196,7 @@ impl Operation {
                 put("rule", rule_name(*rule).to_string());
             }
             Operation::SetGlobalRecoveries { enabled } => put("enabled", enabled.to_string()),
-            Operation::AddPeer { id, raft, http } => {
+            Operation::AddPeer { id, raft, http } | Operation::JoinPeer { id, raft, http } => {
                 put("id", id.to_string());
                 put("raft", raft.clone());
                 put("http", http.clone());
@@ -700,6 +710,36 @@ impl Operations {
                 let i = self.node.add_peer(*id, PeerNode { raft: raft.clone(), http: http.clone() }).await?;
                 Ok(Self::done(i, format!("peer {id} ({raft}) added as a voter"), String::new()))
             }
+            Operation::JoinPeer { id, raft, http } => {
+                let members = self.node.status().members;
+                if let Some(m) = members.iter().find(|m| m.id == *id) {
+                    if &m.raft == raft && &m.http == http {
+                        let role = if m.voter { "a voter" } else { "a learner" };
+                        return Ok(Self::done(
+                            0,
+                            format!("peer {id} ({raft}) is already {role}"),
+                            String::new(),
+                        ));
+                    }
+                    return Err(OpError::Refused(format!(
+                        "peer id {id} is taken by {}; a node's id comes from its address",
+                        m.raft
+                    )));
+                }
+                if let Some(m) = members.iter().find(|m| &m.raft == raft || &m.http == http) {
+                    return Err(OpError::Refused(format!(
+                        "peer {} already uses {raft} or {http}: remove it first (`orchctl raft remove-peer {}`)",
+                        m.id, m.id
+                    )));
+                }
+                let i =
+                    self.node.add_learner(*id, PeerNode { raft: raft.clone(), http: http.clone() }).await?;
+                Ok(Self::done(
+                    i,
+                    format!("peer {id} ({raft}) added as a learner; it becomes a voter when the voters can stay odd"),
+                    String::new(),
+                ))
+            }
             Operation::RemovePeer { id } => {
                 let members = self.node.status().members;
                 let Some(member) = members.iter().find(|m| m.id == *id) else {
@@ -741,6 +781,18 @@ impl crate::raft::service::ForwardHandler for Operations {
                 Err(e) => Err(OpError::InvalidArgument(format!("unreadable peer request: {e}"))),
             };
             serde_json::to_vec(&answer).unwrap_or_default()
+        })
+    }
+
+    fn join(
+        &self,
+        caller: Caller,
+        id: NodeId,
+        raft: String,
+        http: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, OpError>> + Send + '_>> {
+        Box::pin(async move {
+            self.run(&caller, Operation::JoinPeer { id, raft, http }).await.map(|reply| reply.summary())
         })
     }
 }

@@ -207,6 +207,7 @@ impl RaftNode {
         config: &Config,
         tls: Option<crate::auth::tls::RaftTls>,
         discovery: DiscoveryHandle,
+        donor: Option<Arc<crate::donor::Donor>>,
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<RaftNode>, RaftStartError> {
@@ -238,6 +239,7 @@ impl RaftNode {
             contact.clone(),
             discovery,
             forward_handler.clone(),
+            donor,
         );
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
@@ -275,13 +277,18 @@ impl RaftNode {
             forward_handler,
         });
         tokio::spawn(watch_raft(node.clone(), metrics, shutdown.clone()));
-        tokio::spawn(ping_peers(node.clone(), shutdown));
+        tokio::spawn(ping_peers(node.clone(), shutdown.clone()));
+        tokio::spawn(follow_membership(node.clone(), shutdown));
         let members: BTreeMap<NodeId, PeerNode> = config
             .peers
             .iter()
             .map(|p| (p.id, PeerNode { raft: p.raft.clone(), http: p.http.clone() }))
             .collect();
-        tokio::spawn(bootstrap(node.clone(), members));
+        if config.join {
+            tokio::spawn(join_group(node.clone(), members));
+        } else {
+            tokio::spawn(bootstrap(node.clone(), members));
+        }
         Ok(node)
     }
 
@@ -519,6 +526,28 @@ impl RaftNode {
     /// learner that does not catch up within [`CATCH_UP_LIMIT`] (unreachable, or
     /// refusing our certificate) is removed again and the call fails.
     pub async fn add_peer(&self, id: NodeId, node: PeerNode) -> Result<u64, WriteError> {
+        self.add_learner(id, node).await?;
+        self.promote(BTreeSet::from([id])).await
+    }
+
+    /// Makes learners voters.
+    pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<u64, WriteError> {
+        let timeout = Duration::from_millis(self.tuning.write_timeout_ms * 2);
+        let shown = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+        let voters = tokio::time::timeout(
+            timeout,
+            self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false),
+        )
+        .await
+        .map_err(|_| WriteError::NoQuorum(timeout))?
+        .map_err(|e| WriteError::Raft(e.to_string()))?;
+        tracing::info!(peers = %shown, index = voters.log_id.index, "learners made voters");
+        Ok(voters.log_id.index)
+    }
+
+    /// Adds a peer as a learner and waits until it has caught up with the log. One
+    /// that does not within [`CATCH_UP_LIMIT`] is removed again and the call fails.
+    pub async fn add_learner(&self, id: NodeId, node: PeerNode) -> Result<u64, WriteError> {
         if !self.is_leader() {
             return Err(WriteError::NotLeader { leader: self.leader() });
         }
@@ -536,10 +565,8 @@ impl RaftNode {
         let target = learner.log_id.index;
         let deadline = Instant::now() + CATCH_UP_LIMIT;
         loop {
-            let matched =
-                self.metrics().replication.and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
-            if matched.is_some_and(|m| m >= target) {
-                break;
+            if self.matched_index(id).is_some_and(|m| m >= target) {
+                return Ok(target);
             }
             if Instant::now() >= deadline || !self.is_leader() {
                 let _ = tokio::time::timeout(
@@ -555,15 +582,11 @@ impl RaftNode {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let voters = tokio::time::timeout(
-            timeout * 2,
-            self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
-        )
-        .await
-        .map_err(|_| WriteError::NoQuorum(timeout * 2))?
-        .map_err(|e| WriteError::Raft(e.to_string()))?;
-        tracing::info!(peer = id, index = voters.log_id.index, "peer is a voter");
-        Ok(voters.log_id.index)
+    }
+
+    /// On the leader: the last log index `id` is known to hold.
+    fn matched_index(&self, id: NodeId) -> Option<u64> {
+        self.metrics().replication.and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
     }
 
     /// Removes a peer from the group entirely.
@@ -665,6 +688,91 @@ async fn bootstrap(node: Arc<RaftNode>, members: BTreeMap<NodeId, PeerNode>) {
             tracing::info!("Raft group already initialized");
         }
         Err(e) => tracing::error!(error = %e, "Raft initialization failed"),
+    }
+}
+
+/// A joining peer (`join` in its config) that holds no Raft state asks the members it
+/// was given, in turn, to add it, until one answers that it did (the leader adds it as
+/// a learner and waits for it to catch up) or state arrives by replication.
+async fn join_group(node: Arc<RaftNode>, members: BTreeMap<NodeId, PeerNode>) {
+    let Some(me) = members.get(&node.id).cloned() else {
+        tracing::error!(node = node.id, "this peer is not in its own peer list; cannot join");
+        return;
+    };
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        match node.raft.is_initialized().await {
+            Ok(true) => {
+                tracing::info!(node = node.id, "Raft state present: this peer is a member");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read Raft state");
+                return;
+            }
+        }
+        let mut errors = Vec::new();
+        for (id, peer) in members.iter().filter(|(id, _)| **id != node.id) {
+            let Some(mut client) = node.connector.channel(&peer.raft, Duration::from_millis(500)) else {
+                continue;
+            };
+            let mut request = tonic::Request::new(orch_proto::raft::JoinRequest {
+                id: node.id,
+                raft: me.raft.clone(),
+                http: me.http.clone(),
+            });
+            request.set_timeout(CATCH_UP_LIMIT + Duration::from_secs(5));
+            match client.join(request).await {
+                Ok(reply) => {
+                    tracing::info!(via = id, answer = %reply.into_inner().message, "joined the Raft group");
+                    return;
+                }
+                Err(status) => errors.push(format!("peer {id} at {}: {}", peer.raft, status.message())),
+            }
+        }
+        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(tried = %errors.join("; "), "not yet added to the Raft group; retrying");
+            last_warning = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// On the leader: makes caught-up learners voters whenever the voters can stay an odd
+/// count ([`crate::membership`]).
+async fn follow_membership(node: Arc<RaftNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = ticks.tick() => {}
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let m = node.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            continue;
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index;
+        let views: Vec<crate::membership::MemberView> = membership
+            .nodes()
+            .map(|(id, _)| crate::membership::MemberView {
+                id: *id,
+                voter: voters.contains(id),
+                caught_up: crate::membership::is_caught_up(node.matched_index(*id), last),
+            })
+            .collect();
+        let promote = crate::membership::voters_to_promote(&views);
+        if !promote.is_empty() {
+            if let Err(e) = node.promote(promote).await {
+                tracing::warn!(error = %e, "cannot make learners voters");
+            }
+        }
     }
 }
 

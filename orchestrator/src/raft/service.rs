@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use openraft::Raft;
 use orch_proto::raft::raft_server::Raft as RaftRpc;
 use orch_proto::raft::{
-    PauseHeartbeatsReply, PauseHeartbeatsRequest, PeerViewReply, PeerViewRequest, PingReply, PingRequest,
-    RaftPayload,
+    BackupChunk, DonateBackupRequest, JoinReply, JoinRequest, PauseHeartbeatsReply, PauseHeartbeatsRequest,
+    PeerViewReply, PeerViewRequest, PingReply, PingRequest, RaftPayload,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,9 +41,33 @@ impl LeaderContact {
     }
 }
 
-/// Answers what other peers forward (JSON in, JSON out); see [`crate::ops`].
+/// Answers what other peers forward (JSON in, JSON out) and what joining nodes ask;
+/// see [`crate::ops`].
 pub trait ForwardHandler: Send + Sync {
     fn handle(&self, payload: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>>;
+    /// Runs the `JoinPeer` operation for `caller` (routed to the leader, audited).
+    fn join(
+        &self,
+        caller: crate::auth::Caller,
+        id: NodeId,
+        raft: String,
+        http: String,
+    ) -> Pin<Box<dyn Future<Output = Result<String, crate::ops::OpError>> + Send + '_>>;
+}
+
+/// Whether a client certificate (DER) is valid for `host`.
+fn certificate_names(cert: &[u8], host: &str) -> bool {
+    let der = rustls::pki_types::CertificateDer::from(cert);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+        return false;
+    };
+    rustls::pki_types::ServerName::try_from(host)
+        .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> Option<&str> {
+    address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']))
 }
 
 pub struct RaftService {
@@ -52,6 +76,7 @@ pub struct RaftService {
     contact: Arc<LeaderContact>,
     discovery: DiscoveryHandle,
     forward: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
+    donor: Option<Arc<crate::donor::Donor>>,
 }
 
 impl RaftService {
@@ -61,8 +86,9 @@ impl RaftService {
         contact: Arc<LeaderContact>,
         discovery: DiscoveryHandle,
         forward: Arc<OnceLock<Arc<dyn ForwardHandler>>>,
+        donor: Option<Arc<crate::donor::Donor>>,
     ) -> Self {
-        Self { node_id, raft, contact, discovery, forward }
+        Self { node_id, raft, contact, discovery, forward, donor }
     }
 
     fn is_leader(&self) -> bool {
@@ -80,8 +106,6 @@ impl RaftService {
         let Some(cert) = certs.first() else {
             return Err(Status::permission_denied("no client certificate"));
         };
-        let cert = webpki::EndEntityCert::try_from(cert)
-            .map_err(|e| Status::permission_denied(format!("unreadable client certificate: {e}")))?;
         let hosts: Vec<String> = self
             .raft
             .metrics()
@@ -89,13 +113,9 @@ impl RaftService {
             .membership_config
             .membership()
             .nodes()
-            .filter_map(|(_, n)| n.raft.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .filter_map(|(_, n)| host_of(&n.raft).map(str::to_string))
             .collect();
-        let named = hosts.iter().any(|h| {
-            rustls::pki_types::ServerName::try_from(h.as_str())
-                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-        });
-        if named {
+        if hosts.iter().any(|h| certificate_names(cert, h)) {
             Ok(())
         } else {
             Err(Status::permission_denied("the client certificate names no member of the group"))
@@ -165,6 +185,76 @@ impl RaftRpc for RaftService {
         let pause = Duration::from_millis(request.into_inner().millis.min(5_000));
         super::pause_heartbeats(&self.raft, pause);
         Ok(Response::new(PauseHeartbeatsReply { paused_ms: pause.as_millis() as u64 }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let from = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let certs = request.peer_certs();
+        let JoinRequest { id, raft, http } = request.into_inner();
+        let host = host_of(&raft)
+            .filter(|_| host_of(&http).is_some())
+            .ok_or_else(|| Status::invalid_argument(format!("`{raft}` / `{http}` is not host:port")))?;
+        if id == 0 {
+            return Err(Status::invalid_argument("peer id 0 is not allowed"));
+        }
+        if let Some(certs) = certs {
+            let cert = certs.first().ok_or_else(|| Status::permission_denied("no client certificate"))?;
+            if !certificate_names(cert, host) {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate does not name {host}: a node can only add itself"
+                )));
+            }
+        }
+        let Some(handler) = self.forward.get().cloned() else {
+            return Err(Status::unavailable(format!("peer {} is still starting", self.node_id)));
+        };
+        let caller = crate::auth::Caller {
+            identity: crate::auth::Identity {
+                name: format!("node-certificate@{host}"),
+                scope: crate::auth::Scope::Admin,
+            },
+            from,
+            peer: self.node_id,
+        };
+        let message = handler.join(caller, id, raft, http).await.map_err(crate::api::grpc::status)?;
+        let members: Vec<serde_json::Value> = {
+            let m = self.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+            membership
+                .nodes()
+                .map(|(id, n)| {
+                    serde_json::json!({"id": id, "raft": n.raft, "http": n.http, "voter": voters.contains(id)})
+                })
+                .collect()
+        };
+        Ok(Response::new(JoinReply {
+            message,
+            members_json: serde_json::to_vec(&members).unwrap_or_default(),
+        }))
+    }
+
+    type DonateBackupStream =
+        Pin<Box<dyn futures::Stream<Item = Result<BackupChunk, Status>> + Send + 'static>>;
+
+    async fn donate_backup(
+        &self,
+        request: Request<DonateBackupRequest>,
+    ) -> Result<Response<Self::DonateBackupStream>, Status> {
+        if let Some(certs) = request.peer_certs() {
+            if certs.is_empty() {
+                return Err(Status::permission_denied("no client certificate"));
+            }
+        }
+        let Some(donor) = self.donor.clone() else {
+            return Err(Status::failed_precondition(format!(
+                "peer {} serves no backups (no local MariaDB server with a backup account)",
+                self.node_id
+            )));
+        };
+        let from = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let stream = donor.stream(&from).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(stream))
     }
 
     async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {

@@ -1225,6 +1225,16 @@ impl Changer<'_> {
                 credentials::new_credentials(),
                 "MySQL passwords of the cluster's accounts (generated once, kept on every apply)",
             )
+        } else if r.name == self.names.peer_ca_secret {
+            (
+                credentials::new_peer_ca(&self.names.cluster_id)?,
+                "The CA that signs the orchestrator peers' certificates (mutual TLS on port 10008)",
+            )
+        } else if r.name == self.names.api_tokens_secret {
+            (
+                credentials::new_api_tokens(),
+                "API tokens of the orchestrator peers (auth.tokens_secret); `admin` is the operators' first token",
+            )
         } else {
             (
                 credentials::generate_password(credentials::PASSPHRASE_LEN),

@@ -422,7 +422,7 @@ where
 }
 
 async fn secrets(c: &Clients, n: &ResourceNames, o: &mut Observed) -> anyhow::Result<()> {
-    for name in [&n.credentials_secret, &n.luks_secret] {
+    for name in [&n.credentials_secret, &n.peer_ca_secret, &n.api_tokens_secret, &n.luks_secret] {
         let out = match c.secrets.describe_secret().secret_id(name).send().await {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => continue,
@@ -446,6 +446,10 @@ async fn secrets(c: &Clients, n: &ResourceNames, o: &mut Observed) -> anyhow::Re
                 CREDENTIAL_KEYS.iter().copied().filter(|k| keys.iter().any(|x| x == k)).collect();
             o.credentials_missing_keys = present.len() < CREDENTIAL_KEYS.len();
             format!("generated passwords: {}", join_list(present))
+        } else if name == &n.peer_ca_secret {
+            "generated certificate authority".to_string()
+        } else if name == &n.api_tokens_secret {
+            "generated API tokens".to_string()
         } else {
             "generated passphrase".to_string()
         };

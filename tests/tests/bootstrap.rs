@@ -1,0 +1,224 @@
+//! `provisioner bootstrap` end to end, on both flavors: hosts that start with nothing
+//! but their facts (and the cluster's AWS side in moto) become a replicating cluster
+//! with a Raft group, filled target groups and a `master_lock`; more hosts join; a
+//! rerun on a finished node changes nothing; two hosts racing on an empty table make
+//! exactly one master, also when the lock holder dies mid-bootstrap.
+
+use std::time::{Duration, Instant};
+
+use orch_tests::bootstrap::{BootstrapBed, LOCK_LEASE_S};
+use orch_tests::db::Flavor;
+use orch_tests::on_both_flavors;
+
+on_both_flavors!(three_bare_hosts_become_a_cluster_and_two_more_join);
+
+/// Waits until host `i` holds row `id` of `app.t` with `want`.
+async fn wait_row(bed: &BootstrapBed, i: usize, id: u32, want: &str) {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        match bed.query(i, &format!("SELECT v FROM app.t WHERE id = {id}")).await {
+            Ok(Some(v)) if v == want => return,
+            Ok(v) => last = format!("{v:?}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("host {i} lacks row {id} ({want}) after 20 s: {last}");
+}
+
+/// Polls `check` until it answers an empty string (or fails with the last answer).
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match check().await {
+            Ok(s) if s.is_empty() => return,
+            Ok(s) => last = s,
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} not reached within {timeout:?}: {last}");
+}
+
+async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
+    let bed = BootstrapBed::start(flavor, 5).await.expect("bed");
+    eprintln!("bootstrap bed in {}", bed.path().display());
+    let started = Instant::now();
+    // The first three at once: the lock takes them one by one.
+    let (a, b, c) = tokio::join!(bed.bootstrap_ok(1), bed.bootstrap_ok(2), bed.bootstrap_ok(3));
+    let outputs = [a.expect("host 1"), b.expect("host 2"), c.expect("host 3")];
+    eprintln!("three hosts bootstrapped in {:?}", started.elapsed());
+    let masters: Vec<usize> = outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.contains("is the cluster's first master"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(masters.len(), 1, "exactly one first master: {outputs:#?}");
+    let m = masters[0];
+    let master = format!("{}:3306", bed.hosts[m - 1]);
+    assert_eq!(bed.master_holder().await.unwrap().as_deref(), Some(master.as_str()));
+    for (i, out) in outputs.iter().enumerate() {
+        if i + 1 != m {
+            assert!(out.contains(&format!("replicating from {master}")), "host {}: {out}", i + 1);
+        }
+    }
+
+    // Data written on the master reaches the replicas.
+    let mut conn = bed.root(m).await.unwrap();
+    use mysql_async::prelude::Queryable;
+    conn.query_drop("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY, v TEXT)").await.unwrap();
+    conn.query_drop("INSERT INTO app.t VALUES (1, 'before the joiners')").await.unwrap();
+    drop(conn);
+    for i in (1..=3).filter(|i| *i != m) {
+        wait_row(&bed, i, 1, "before the joiners").await;
+    }
+
+    // Three voters, the target groups filled by the peers.
+    let first_three: Vec<String> = bed.hosts[..3].to_vec();
+    eventually("3 Raft voters", Duration::from_secs(30), || {
+        let want = first_three.clone();
+        let bed = &bed;
+        async move {
+            let (voters, learners) = bed.raft_members(m).await?;
+            Ok(if voters == want && learners.is_empty() {
+                String::new()
+            } else {
+                format!("{voters:?} / {learners:?}")
+            })
+        }
+    })
+    .await;
+    let replicas: Vec<&str> = (1..=3).filter(|i| *i != m).map(|i| bed.hosts[i - 1].as_str()).collect();
+    orch_tests::aws::wait_members(
+        &bed.clients,
+        &bed.resources,
+        &[bed.hosts[m - 1].as_str()],
+        &replicas,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("target groups: write = master, read = replicas");
+
+    // Two more join: five voters, both replicating with the first three's data.
+    let (d, e) = tokio::join!(bed.bootstrap_ok(4), bed.bootstrap_ok(5));
+    d.expect("host 4");
+    e.expect("host 5");
+    for i in [4, 5] {
+        wait_row(&bed, i, 1, "before the joiners").await;
+    }
+    let mut conn = bed.root(m).await.unwrap();
+    conn.query_drop("INSERT INTO app.t VALUES (2, 'after')").await.unwrap();
+    drop(conn);
+    for i in (1..=5).filter(|i| *i != m) {
+        wait_row(&bed, i, 2, "after").await;
+    }
+    let all: Vec<String> = bed.hosts.clone();
+    eventually("5 Raft voters", Duration::from_secs(30), || {
+        let want = all.clone();
+        let bed = &bed;
+        async move {
+            let (voters, learners) = bed.raft_members(m).await?;
+            Ok(if voters == want && learners.is_empty() {
+                String::new()
+            } else {
+                format!("{voters:?} / {learners:?}")
+            })
+        }
+    })
+    .await;
+
+    // A second run on a finished node changes nothing.
+    let config = bed.layout(2).orchestrator_config;
+    let before = std::fs::metadata(&config).unwrap().modified().unwrap();
+    let again = bed.bootstrap_ok(2).await.unwrap();
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(std::fs::metadata(&config).unwrap().modified().unwrap(), before);
+    eprintln!("whole test in {:?}", started.elapsed());
+}
+
+/// Two hosts bootstrap at once against an empty table, ten times: exactly one claims
+/// the master each time. In the last round whichever takes the lock first is killed
+/// at once (with what it started): the other takes over once the lock's lease has run
+/// out and becomes the master; the killed one, run again, becomes its replica.
+#[tokio::test]
+async fn racing_bootstraps_make_exactly_one_master() {
+    use tokio::io::AsyncBufReadExt;
+    for round in 1..=10 {
+        let bed = BootstrapBed::start(Flavor::Mariadb, 2).await.expect("bed");
+        let kill_the_holder = round == 10;
+        let mut children = Vec::new();
+        let mut lines = Vec::new();
+        for i in [1, 2] {
+            let mut child =
+                tokio::process::Command::from(bed.command(i).unwrap()).kill_on_drop(true).spawn().unwrap();
+            lines.push(tokio::io::BufReader::new(child.stdout.take().unwrap()).lines());
+            children.push(child);
+        }
+        let (mut first, mut second) = {
+            let mut it = lines.into_iter();
+            (it.next().unwrap(), it.next().unwrap())
+        };
+        let mut outputs = [String::new(), String::new()];
+        let mut open = [true, true];
+        let mut killed: Option<(usize, Instant)> = None;
+        while open.iter().any(|o| *o) {
+            let (i, line) = tokio::select! {
+                l = first.next_line(), if open[0] => (0, l),
+                l = second.next_line(), if open[1] => (1, l),
+            };
+            match line {
+                Ok(Some(line)) => {
+                    if kill_the_holder && killed.is_none() && line.contains("took the lock") {
+                        children[i].kill().await.unwrap();
+                        bed.kill_host(i + 1);
+                        killed = Some((i, Instant::now()));
+                        open[i] = false;
+                    }
+                    outputs[i] += &line;
+                    outputs[i].push('\n');
+                }
+                _ => open[i] = false,
+            }
+        }
+        let mut succeeded = Vec::new();
+        for (i, child) in children.iter_mut().enumerate() {
+            if killed.is_some_and(|(k, _)| k == i) {
+                continue;
+            }
+            let status = child.wait().await.unwrap();
+            assert!(status.success(), "round {round}, host {}: {}", i + 1, outputs[i]);
+            succeeded.push(i);
+        }
+        let masters: Vec<usize> =
+            (0..2).filter(|i| outputs[*i].contains("is the cluster's first master")).collect();
+        assert_eq!(masters.len(), 1, "round {round}: {outputs:#?}");
+        let master = format!("{}:3306", bed.hosts[masters[0]]);
+        assert_eq!(bed.master_holder().await.unwrap(), Some(master.clone()), "round {round}");
+        if let Some((k, at)) = killed {
+            let other = 1 - k;
+            assert_eq!(masters[0], other, "the survivor is the master: {outputs:#?}");
+            assert!(
+                outputs[other].contains("expired"),
+                "it took the lock once it expired: {}",
+                outputs[other]
+            );
+            assert!(at.elapsed() >= Duration::from_secs(LOCK_LEASE_S - 1));
+            let again = bed.bootstrap_ok(k + 1).await.unwrap();
+            assert!(again.contains(&format!("replicating from {master}")), "{again}");
+            eprintln!(
+                "round {round}: the lock holder was killed; the other became master, the first its replica"
+            );
+        } else {
+            let replica = 1 - masters[0];
+            assert!(outputs[replica].contains(&format!("replicating from {master}")), "{}", outputs[replica]);
+            eprintln!("round {round}: one master");
+        }
+    }
+}
