@@ -167,6 +167,18 @@ fn own_tags(spec: &ClusterSpec, component: &str) -> BTreeMap<String, String> {
     tags
 }
 
+/// What a generated secret other than the credentials holds, as plan and observe show
+/// it (its value is never shown).
+pub fn generated_secret_content(names: &ResourceNames, secret: &str) -> &'static str {
+    if secret == names.peer_ca_secret {
+        "generated certificate authority"
+    } else if secret == names.api_tokens_secret {
+        "generated API tokens"
+    } else {
+        "generated passphrase"
+    }
+}
+
 /// The instances' facts as tags (see [`node_tags`]).
 pub fn node_facts(spec: &ClusterSpec) -> BTreeMap<String, String> {
     let n = spec.names();
@@ -306,18 +318,18 @@ pub fn desired(spec: &ClusterSpec, facts: &NetworkFacts) -> Vec<Resource> {
     ];
     out.push(
         Resource::new(Kind::Secret, &n.peer_ca_secret)
-            .with("content", "generated certificate authority")
+            .with("content", generated_secret_content(&n, &n.peer_ca_secret))
             .with("tags", tag_list(&own_tags(spec, "credentials"))),
     );
     out.push(
         Resource::new(Kind::Secret, &n.api_tokens_secret)
-            .with("content", "generated API tokens")
+            .with("content", generated_secret_content(&n, &n.api_tokens_secret))
             .with("tags", tag_list(&own_tags(spec, "credentials"))),
     );
     if spec.uses_instance_store() {
         out.push(
             Resource::new(Kind::Secret, &n.luks_secret)
-                .with("content", "generated passphrase")
+                .with("content", generated_secret_content(&n, &n.luks_secret))
                 .with("tags", tag_list(&own_tags(spec, "storage"))),
         );
     }

@@ -103,7 +103,7 @@ pub fn create_user_statements(
 }
 
 /// A single-quoted SQL string literal.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 

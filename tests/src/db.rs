@@ -143,28 +143,31 @@ impl MysqlRoot {
         self.dir.join("lib64/ld-linux-x86-64.so.2")
     }
 
+    fn programs(&self) -> provisioner::bootstrap::server::Programs {
+        provisioner::bootstrap::server::Programs {
+            flavor: ServerFlavor::Mysql,
+            config: provisioner::bootstrap::facts::ProgramsConfig {
+                mysql_root: Some(self.dir.clone()),
+                ..Default::default()
+            },
+        }
+    }
+
     /// A command running `program` (a path inside the root, e.g. `usr/bin/mysql`)
-    /// with the root's own loader and libraries.
+    /// with the root's own loader and libraries (as the node bootstrap runs them).
     pub fn command(&self, program: &str) -> Command {
-        let libs = format!(
-            "{}:{}",
-            self.dir.join("usr/lib/x86_64-linux-gnu").display(),
-            self.dir.join("lib/x86_64-linux-gnu").display()
-        );
-        let mut cmd = Command::new(self.loader());
-        cmd.arg("--library-path").arg(libs).arg(self.dir.join(program));
+        let (loader, args) = self.programs().in_root(program);
+        let mut cmd = Command::new(loader);
+        cmd.args(args);
         cmd
     }
 
-    /// `mysqld` reading `config_file`, with the root's own base, messages and plugins.
+    /// `mysqld` reading `config_file`, with the root's own base, messages and plugins:
+    /// the node bootstrap's command line.
     pub fn mysqld(&self, config_file: &Path) -> Command {
-        let mut cmd = self.command("usr/sbin/mysqld");
-        // --defaults-file must come first.
-        cmd.arg(format!("--defaults-file={}", config_file.display()))
-            .arg(format!("--basedir={}", self.dir.join("usr").display()))
-            .arg(format!("--lc-messages-dir={}", self.dir.join("usr/share/mysql").display()))
-            .arg(format!("--plugin-dir={}", self.dir.join("usr/lib/mysql/plugin").display()))
-            .args(["--mysqlx=OFF", "--secure-file-priv=NULL"]);
+        let (loader, args) = self.programs().mysqld(config_file);
+        let mut cmd = Command::new(loader);
+        cmd.args(args);
         cmd
     }
 

@@ -27,23 +27,19 @@ async fn wait_row(bed: &BootstrapBed, i: usize, id: u32, want: &str) {
     panic!("host {i} lacks row {id} ({want}) after 20 s: {last}");
 }
 
-/// Polls `check` until it answers an empty string (or fails with the last answer).
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<String>>,
-{
+/// Waits until host `i`'s peer reports exactly `want` (hosts) as voters and no learner.
+async fn wait_voters(bed: &BootstrapBed, i: usize, want: &[String]) {
     let started = Instant::now();
     let mut last = String::new();
-    while started.elapsed() < timeout {
-        match check().await {
-            Ok(s) if s.is_empty() => return,
-            Ok(s) => last = s,
+    while started.elapsed() < Duration::from_secs(30) {
+        match bed.raft_members(i).await {
+            Ok((voters, learners)) if voters == want && learners.is_empty() => return,
+            Ok((voters, learners)) => last = format!("voters {voters:?}, learners {learners:?}"),
             Err(e) => last = format!("{e:#}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{what} not reached within {timeout:?}: {last}");
+    panic!("{} Raft voters not reached within 30 s: {last}", want.len());
 }
 
 async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
@@ -81,20 +77,7 @@ async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
     }
 
     // Three voters, the target groups filled by the peers.
-    let first_three: Vec<String> = bed.hosts[..3].to_vec();
-    eventually("3 Raft voters", Duration::from_secs(30), || {
-        let want = first_three.clone();
-        let bed = &bed;
-        async move {
-            let (voters, learners) = bed.raft_members(m).await?;
-            Ok(if voters == want && learners.is_empty() {
-                String::new()
-            } else {
-                format!("{voters:?} / {learners:?}")
-            })
-        }
-    })
-    .await;
+    wait_voters(&bed, m, &bed.hosts[..3]).await;
     let replicas: Vec<&str> = (1..=3).filter(|i| *i != m).map(|i| bed.hosts[i - 1].as_str()).collect();
     orch_tests::aws::wait_members(
         &bed.clients,
@@ -119,20 +102,7 @@ async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
     for i in (1..=5).filter(|i| *i != m) {
         wait_row(&bed, i, 2, "after").await;
     }
-    let all: Vec<String> = bed.hosts.clone();
-    eventually("5 Raft voters", Duration::from_secs(30), || {
-        let want = all.clone();
-        let bed = &bed;
-        async move {
-            let (voters, learners) = bed.raft_members(m).await?;
-            Ok(if voters == want && learners.is_empty() {
-                String::new()
-            } else {
-                format!("{voters:?} / {learners:?}")
-            })
-        }
-    })
-    .await;
+    wait_voters(&bed, m, &bed.hosts).await;
 
     // A second run on a finished node changes nothing.
     let config = bed.layout(2).orchestrator_config;

@@ -16,7 +16,7 @@ use mysql_async::{Conn, OptsBuilder};
 use super::facts::{Layout, NodeFacts, ProgramsConfig};
 use super::services::{Service, Services};
 use crate::mysql_config::{render, MysqlServerConfig, ServerFlavor};
-use crate::mysql_users::{create_user_statements, UserRole};
+use crate::mysql_users::{create_user_statements, quote, UserRole};
 
 /// The service name of the node's mysqld.
 pub const MYSQLD_SERVICE: &str = "orchestrator-mysqld";
@@ -50,12 +50,10 @@ impl Programs {
         self.config.mysql_root.as_deref()
     }
 
-    /// `program` (a path inside a MySQL root, or a program name) with the arguments
-    /// that run it: through the root's own loader and libraries when there is one.
-    fn prefixed(&self, in_root: &str, default: &str, explicit: Option<&PathBuf>) -> (PathBuf, Vec<String>) {
-        if let Some(p) = explicit {
-            return (p.clone(), Vec::new());
-        }
+    /// `program` (a path inside the MySQL root, e.g. `usr/bin/mysql`) run through the
+    /// root's own loader and libraries: the loader and its arguments. Without a root,
+    /// `/` + `program` with none.
+    pub fn in_root(&self, program: &str) -> (PathBuf, Vec<String>) {
         match self.mysql_root() {
             Some(root) => {
                 let libs = format!(
@@ -65,20 +63,23 @@ impl Programs {
                 );
                 (
                     root.join("lib64/ld-linux-x86-64.so.2"),
-                    vec!["--library-path".into(), libs, root.join(in_root).display().to_string()],
+                    vec!["--library-path".into(), libs, root.join(program).display().to_string()],
                 )
             }
-            None => (PathBuf::from(default), Vec::new()),
+            None => (Path::new("/").join(program), Vec::new()),
         }
     }
 
     /// mysqld reading `config`, with the extra options a root needs.
     pub fn mysqld(&self, config: &Path) -> (PathBuf, Vec<String>) {
         let default = match self.flavor {
-            ServerFlavor::Mariadb => "/usr/sbin/mariadbd",
-            ServerFlavor::Mysql => "/usr/sbin/mysqld",
+            ServerFlavor::Mariadb => "usr/sbin/mariadbd",
+            ServerFlavor::Mysql => "usr/sbin/mysqld",
         };
-        let (program, mut args) = self.prefixed("usr/sbin/mysqld", default, self.config.mysqld.as_ref());
+        let (program, mut args) = match &self.config.mysqld {
+            Some(explicit) => (explicit.clone(), Vec::new()),
+            None => self.in_root(default),
+        };
         // --defaults-file must come first.
         args.push(format!("--defaults-file={}", config.display()));
         if let Some(root) = self.mysql_root() {
@@ -413,10 +414,9 @@ impl Server {
             Err(mysql_async::Error::Io(_)) | Err(mysql_async::Error::Driver(_)) => {}
             Err(e) => bail!("CLONE INSTANCE FROM {donor}: {}", redact(&e.to_string(), backup_password)),
         }
-        if !self.services.wait_exit(MYSQLD_SERVICE, Duration::from_secs(120)) {
-            // Still up: the clone failed before replacing anything, or a supervisor
-            // restarted it already. The status says which.
-        }
+        // It stops itself after a clone; still up means the clone failed before
+        // replacing anything or a supervisor restarted it: the status says which.
+        self.services.wait_exit(MYSQLD_SERVICE, Duration::from_secs(120));
         self.start(root_password).await?;
         let mut conn = self.root(root_password).await?;
         let state: Option<(String, Option<String>)> = conn
@@ -563,11 +563,6 @@ impl Server {
         let _ = conn.disconnect().await;
         ok
     }
-}
-
-/// A single-quoted SQL string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// `text` with `secret` replaced, for messages.

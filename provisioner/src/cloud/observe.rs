@@ -446,12 +446,8 @@ async fn secrets(c: &Clients, n: &ResourceNames, o: &mut Observed) -> anyhow::Re
                 CREDENTIAL_KEYS.iter().copied().filter(|k| keys.iter().any(|x| x == k)).collect();
             o.credentials_missing_keys = present.len() < CREDENTIAL_KEYS.len();
             format!("generated passwords: {}", join_list(present))
-        } else if name == &n.peer_ca_secret {
-            "generated certificate authority".to_string()
-        } else if name == &n.api_tokens_secret {
-            "generated API tokens".to_string()
         } else {
-            "generated passphrase".to_string()
+            crate::desired::generated_secret_content(n, name).to_string()
         };
         let tags = tag_list(
             &out.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),
