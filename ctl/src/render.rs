@@ -375,15 +375,26 @@ pub fn raft_state(s: &pb::RaftState) {
 }
 
 pub fn raft_members(s: &pb::RaftState) {
-    let mut t = table(&["ID", "RAFT", "HTTP", "VOTER", "LEADER"]);
+    // The instance columns only when the peers follow an Auto Scaling group.
+    let fleet = s.members.iter().any(|m| !m.instance_state.is_empty());
+    let mut headers = vec!["ID", "RAFT", "HTTP", "VOTER", "LEADER"];
+    if fleet {
+        headers.extend(["INSTANCE", "INSTANCE STATE"]);
+    }
+    let mut t = table(&headers);
     for m in &s.members {
-        t.add_row(vec![
+        let mut row = vec![
             m.id.to_string(),
             m.raft.clone(),
             m.http.clone(),
             if m.voter { "yes".into() } else { "learner".into() },
             if m.id == s.leader_id { "*".into() } else { String::new() },
-        ]);
+        ];
+        if fleet {
+            row.push(dash(&m.instance_id).to_string());
+            row.push(dash(&m.instance_state).to_string());
+        }
+        t.add_row(row);
     }
     say!("{t}");
 }

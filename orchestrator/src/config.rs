@@ -100,6 +100,47 @@ pub struct Config {
     /// Serving a copy of the co-located server's data to a bootstrapping node.
     #[serde(default)]
     pub donor: DonorConfig,
+    /// How this peer leaves, and how the group follows the Auto Scaling group.
+    #[serde(default)]
+    pub membership: MembershipConfig,
+}
+
+/// A node's life in the group (DESIGN.md section 12).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// On SIGTERM (systemd stop, instance shutdown) this peer first switches its
+    /// mysqld over if it is a master, hands Raft leadership to another voter if it
+    /// leads, then leaves the group; restarted with `join`, it asks to join again. Off:
+    /// a stop is a plain stop (the peer stays a member). The node bootstrap turns it on.
+    pub leave_on_stop: bool,
+    /// The most a leave may take before the peer stops anyway.
+    pub leave_timeout_s: u64,
+    /// The Auto Scaling group whose instances the Raft members follow (the node
+    /// bootstrap sets it): the leader removes members whose instance is terminating or
+    /// gone, keeps the masters' instances protected from scale-in, and marks a replica
+    /// whose mysqld stays down `Unhealthy`. Unset: none of that.
+    pub auto_scaling_group: Option<String>,
+    /// How often the group is read.
+    pub interval_ms: u64,
+    /// A member whose instance is terminating or gone this long is removed.
+    pub remove_after_s: u64,
+    /// A replica whose mysqld has been unreachable this long is marked `Unhealthy`, so
+    /// the group replaces the instance (0: never).
+    pub replace_after_s: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            leave_on_stop: false,
+            leave_timeout_s: 90,
+            auto_scaling_group: None,
+            interval_ms: 5000,
+            remove_after_s: 30,
+            replace_after_s: 600,
+        }
+    }
 }
 
 /// A new MariaDB node is seeded from a `mariadb-backup` stream the donor's peer serves
@@ -615,6 +656,22 @@ impl Config {
                     "the secret holds every password: remove password, password_file, password_env, replication_password and write_check.password".into(),
                 ));
             }
+        }
+        let m = &self.membership;
+        if m.auto_scaling_group.is_some() && m.interval_ms < 100 {
+            return Err(invalid(
+                "membership.interval_ms",
+                format!("{} ms is below the 100 ms minimum", m.interval_ms),
+            ));
+        }
+        if m.auto_scaling_group.is_some() && self.clusters.iter().all(|c| c.aws.is_none()) {
+            return Err(invalid(
+                "membership.auto_scaling_group",
+                "following an Auto Scaling group needs the AWS side: give a cluster [clusters.aws]".into(),
+            ));
+        }
+        if m.leave_on_stop && m.leave_timeout_s == 0 {
+            return Err(invalid("membership.leave_timeout_s", "must be above 0".into()));
         }
         let d = &self.discovery;
         if d.probe_interval_ms < 100 {

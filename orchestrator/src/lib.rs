@@ -18,6 +18,8 @@ pub mod aws;
 pub mod config;
 pub mod discovery;
 pub mod donor;
+pub mod fleet;
+pub mod leave;
 pub mod membership;
 pub mod metrics;
 pub mod mysql;

@@ -14,6 +14,7 @@ use orchestrator::auth::layer::AuthSettings;
 use orchestrator::auth::tokens::{self, TokenRegistry, TokenSpec};
 use orchestrator::auth::{tls, Scope};
 use orchestrator::aws::controller::AwsController;
+use orchestrator::aws::fleet::{FleetLoop, FleetStatus};
 use orchestrator::aws::AwsClients;
 use orchestrator::config::Config;
 use orchestrator::discovery::{follow_registry, Discovery, TopologyStore};
@@ -252,6 +253,16 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    match orchestrator::leave::set_aside_after_leave(&config.data_dir) {
+        Ok(true) if config.join => {
+            tracing::info!("this peer left the Raft group at its last stop: its old Raft state is set aside and it asks to join again")
+        }
+        Ok(true) => tracing::warn!(
+            "this peer left the Raft group at its last stop and its Raft state is set aside; without `join = true` it waits to be added back (orchctl raft add-peer)"
+        ),
+        Ok(false) => {}
+        Err(e) => anyhow::bail!("cannot set aside the Raft state of a peer that left ({}): {e}", config.data_dir.display()),
+    }
     let raft =
         RaftNode::start(&config, raft_tls, handle.clone(), donor, metrics.clone(), stop_rx.clone()).await?;
     tracing::info!(
@@ -316,6 +327,25 @@ async fn run() -> anyhow::Result<()> {
     };
     let ops = Arc::new(Operations::new(raft.clone(), handle.clone(), recovery, aws));
     raft.set_forward_handler(ops.clone());
+    // Raft members, scale-in protection and instance health follow the Auto Scaling group.
+    let fleet = match &config.membership.auto_scaling_group {
+        Some(group) => {
+            let status = Arc::new(FleetStatus::default());
+            tracing::info!(group = %group, "Raft members follow the Auto Scaling group");
+            let fleet = FleetLoop::new(
+                AwsClients::load(&config.aws).await,
+                group.clone(),
+                config.membership.clone(),
+                raft.clone(),
+                store.clone(),
+                ops.clone(),
+                status.clone(),
+            );
+            tokio::spawn(fleet.run(stop_rx.clone()));
+            Some(status)
+        }
+        None => None,
+    };
     let state = AppState {
         node_id: config.node_id,
         http_address: config.http_listen,
@@ -324,9 +354,10 @@ async fn run() -> anyhow::Result<()> {
         discovery: handle,
         metrics,
         raft: raft.clone(),
-        ops,
+        ops: ops.clone(),
         local_instance: config.local_instance(),
         watchers: Arc::new(tokio::sync::Semaphore::new(api::MAX_WATCHERS)),
+        fleet,
     };
     let auth = Arc::new(AuthSettings::new(tokens, config.auth.open_metrics, config.node_id));
     if api_tls.is_some() {
@@ -340,6 +371,31 @@ async fn run() -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
+    if config.membership.leave_on_stop {
+        let timeout = Duration::from_secs(config.membership.leave_timeout_s);
+        tracing::info!(
+            timeout_s = timeout.as_secs(),
+            "stopping: leaving the Raft group first (membership.leave_on_stop)"
+        );
+        let local = config.local_instance();
+        let leave = orchestrator::leave::leave(&ops, &raft, local.as_ref(), &config.data_dir, timeout);
+        let report = tokio::select! {
+            report = leave => report,
+            _ = shutdown_signal() => {
+                tracing::warn!("second stop signal: stopping without finishing the leave");
+                Default::default()
+            }
+        };
+        for problem in &report.problems {
+            tracing::warn!(problem = %problem, "leave incomplete");
+        }
+        tracing::info!(
+            switched_over = %report.switched_over.join(", "),
+            handed_over_to = %report.handed_over_to.map(|id| id.to_string()).unwrap_or_else(|| "-".into()),
+            removed = report.removed,
+            "leave finished"
+        );
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     server.await.context("API server task failed")?.context("API server failed")?;

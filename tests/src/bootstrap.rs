@@ -32,7 +32,16 @@ call_timeout_ms = 2000
 
 [auth]
 open_metrics = true
+
+[membership]
+interval_ms = 300
+remove_after_s = 2
+replace_after_s = 6
+leave_timeout_s = 60
 "#;
+
+/// `membership.replace_after_s` in [`SITE_CONFIG`].
+pub const REPLACE_AFTER_S: u64 = 6;
 
 /// The bootstrap lock's lease in tests: a killed holder's lock frees this fast.
 pub const LOCK_LEASE_S: u64 = 4;
@@ -167,6 +176,45 @@ impl BootstrapBed {
             }
             let _ = std::fs::remove_file(file);
         }
+    }
+
+    /// Host `i`'s services as its bootstrap started them.
+    pub fn services(&self, i: usize) -> provisioner::bootstrap::services::Services {
+        let layout = self.layout(i);
+        provisioner::bootstrap::services::Services {
+            manager: provisioner::bootstrap::facts::ServiceManager::Process,
+            units: layout.units,
+            state: layout.state,
+        }
+    }
+
+    /// Kills (SIGKILL) one service of host `i` for good.
+    pub fn kill_service(&self, i: usize, name: &str) {
+        let file = self.layout(i).state.join(format!("{name}.pid"));
+        if let Ok(pid) = std::fs::read_to_string(&file).unwrap_or_default().trim().parse::<i32>() {
+            // SAFETY: plain kill(2) of a process this bed's bootstrap started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Host `i`'s instance as the Auto Scaling group describes it: (lifecycle state,
+    /// health, protected from scale-in).
+    pub async fn group_instance(&self, i: usize) -> anyhow::Result<(String, String, bool)> {
+        let id = self.resources.id_of(&self.hosts[i - 1]).to_string();
+        let out = self
+            .clients
+            .autoscaling
+            .describe_auto_scaling_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .context("DescribeAutoScalingInstances")?;
+        let d = out.auto_scaling_instances().first().with_context(|| format!("{id} is in no group"))?;
+        Ok((
+            d.lifecycle_state().unwrap_or_default().to_string(),
+            d.health_status().unwrap_or_default().to_string(),
+            d.protected_from_scale_in().unwrap_or(false),
+        ))
     }
 
     /// The cluster's root password (from its credentials secret).

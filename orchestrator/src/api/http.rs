@@ -549,7 +549,7 @@ async fn leader_check(State(state): State<AppState>) -> Response {
 }
 
 async fn raft_state(State(state): State<AppState>) -> Json<crate::raft::RaftStatus> {
-    Json(state.raft.status())
+    Json(super::views::raft_status(&state))
 }
 
 async fn raft_health(State(state): State<AppState>) -> Response {

@@ -44,6 +44,8 @@ pub struct AppState {
     pub local_instance: Option<crate::topology::InstanceKey>,
     /// `Watch` streams this peer still accepts (each holds a permit while it runs).
     pub watchers: Arc<tokio::sync::Semaphore>,
+    /// The Auto Scaling group as last read (`[membership] auto_scaling_group`).
+    pub fleet: Option<Arc<crate::aws::fleet::FleetStatus>>,
 }
 
 /// How many `Watch` streams one peer serves at once.

@@ -166,7 +166,14 @@ pub fn raft_state(s: &RaftStatus) -> pb::RaftState {
         members: s
             .members
             .iter()
-            .map(|m| pb::RaftMember { id: m.id, raft: m.raft.clone(), http: m.http.clone(), voter: m.voter })
+            .map(|m| pb::RaftMember {
+                id: m.id,
+                raft: m.raft.clone(),
+                http: m.http.clone(),
+                voter: m.voter,
+                instance_id: m.instance_id.clone().unwrap_or_default(),
+                instance_state: m.instance_state.clone().unwrap_or_default(),
+            })
             .collect(),
         quorum_contact: s.quorum_contact,
         reachable_peers: s.reachable_peers as u32,

@@ -115,7 +115,26 @@ pub fn global_recoveries(s: &AppState) -> pb::GlobalRecoveriesReply {
 }
 
 pub fn raft_state(s: &AppState) -> pb::RaftState {
-    conv::raft_state(&s.raft.status())
+    conv::raft_state(&raft_status(s))
+}
+
+/// Raft's status with each member's instance in the Auto Scaling group, when the
+/// group is followed: `not in the group` when it was read and holds no instance there.
+pub fn raft_status(s: &AppState) -> crate::raft::RaftStatus {
+    let mut status = s.raft.status();
+    if let Some(fleet) = s.fleet.as_ref().filter(|f| f.is_known()) {
+        for m in &mut status.members {
+            let host = m.raft.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or_default();
+            match fleet.instance_at(host) {
+                Some(i) => {
+                    m.instance_state = Some(format!("{}, {}", i.lifecycle, i.health));
+                    m.instance_id = Some(i.id);
+                }
+                None => m.instance_state = Some("not in the group".into()),
+            }
+        }
+    }
+    status
 }
 
 pub async fn aws(s: &AppState) -> Result<pb::AwsView, OpError> {

@@ -9,14 +9,17 @@
 //!   from the standard credential chain plus an optional `endpoint_url` (moto).
 //! - [`controller`]: the leader's loop that keeps AWS matching Raft, with bounded
 //!   backoff, never in the way of the MySQL side of a failover.
+//! - [`fleet`]: the loop that keeps the Raft members, scale-in protection and
+//!   instance health in step with the Auto Scaling group ([`crate::fleet`] decides).
 
 pub mod controller;
+pub mod fleet;
 pub mod mirror;
 pub mod sdk;
 pub mod targets;
 
 pub use mirror::{LockTable, PutOutcome};
-pub use sdk::{AwsClients, InstanceDirectory, TargetGroupApi};
+pub use sdk::{AwsClients, InstanceDirectory, ScalingGroupApi, TargetGroupApi};
 
 /// A failed AWS call, said in one line: the operation and why.
 #[derive(Debug, Clone, thiserror::Error)]

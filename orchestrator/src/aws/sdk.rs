@@ -1,6 +1,7 @@
-//! The AWS SDK edge: ELBv2 target groups, EC2 instance lookup and the DynamoDB mirror
-//! table, each behind a small trait the controller is generic over, and Secrets
-//! Manager (API tokens read at start).
+//! The AWS SDK edge: ELBv2 target groups, EC2 instance lookup, the Auto Scaling
+//! group's instances (protection, health) and the DynamoDB mirror table, each behind
+//! a small trait the loops are generic over, and Secrets Manager (API tokens read at
+//! start).
 //!
 //! Clients come from the shared [`aws_connect`] configuration: the standard chain
 //! (credentials and region from the environment, profile or instance role) with the
@@ -19,6 +20,7 @@ use super::mirror::{
 use super::targets::Target;
 use super::AwsError;
 use crate::config::AwsConfig;
+use crate::fleet::GroupInstance;
 
 /// Register, deregister and list the targets of a target group.
 pub trait TargetGroupApi: Send + Sync {
@@ -35,9 +37,26 @@ pub trait InstanceDirectory: Send + Sync {
     ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
 }
 
+/// Reads an Auto Scaling group's instances and changes their protection and health.
+pub trait ScalingGroupApi: Send + Sync {
+    /// The group's instances with their private addresses; an unknown group is an error.
+    fn group_instances(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<GroupInstance>, AwsError>> + Send;
+    fn set_protection(
+        &self,
+        group: &str,
+        ids: &[String],
+        protected: bool,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn set_unhealthy(&self, id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
 /// One set of SDK clients sharing an HTTP connection pool.
 #[derive(Clone, Debug)]
 pub struct AwsClients {
+    pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ec2: aws_sdk_ec2::Client,
@@ -55,6 +74,7 @@ impl AwsClients {
     pub async fn load_with(config: &AwsConfig, credentials: Option<aws_connect::Credentials>) -> AwsClients {
         let shared = aws_connect::sdk_config(&config.connect_settings(), credentials).await;
         AwsClients {
+            autoscaling: aws_sdk_autoscaling::Client::new(&shared),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             dynamodb: aws_sdk_dynamodb::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
@@ -146,6 +166,82 @@ impl InstanceDirectory for AwsClients {
             .filter(|i| i.state().and_then(|s| s.name()).is_none_or(|n| n.as_str() != "terminated"))
             .filter_map(|i| i.instance_id().map(str::to_string));
         Ok(ids.next())
+    }
+}
+
+impl ScalingGroupApi for AwsClients {
+    async fn group_instances(&self, group: &str) -> Result<Vec<GroupInstance>, AwsError> {
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeAutoScalingGroups", e))?;
+        let Some(described) = out.auto_scaling_groups().first() else {
+            return Err(AwsError::new(
+                "DescribeAutoScalingGroups",
+                format!("no Auto Scaling group named {group}"),
+            ));
+        };
+        let mut instances: Vec<GroupInstance> = described
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                Some(GroupInstance {
+                    id: i.instance_id()?.to_string(),
+                    private_ip: None,
+                    lifecycle: i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    health: i.health_status().unwrap_or_default().to_string(),
+                    protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
+                })
+            })
+            .collect();
+        if instances.is_empty() {
+            return Ok(instances);
+        }
+        let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
+        let out = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        let ips: HashMap<String, String> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| Some((i.instance_id()?.to_string(), i.private_ip_address()?.to_string())))
+            .collect();
+        for i in &mut instances {
+            i.private_ip = ips.get(&i.id).cloned();
+        }
+        Ok(instances)
+    }
+
+    async fn set_protection(&self, group: &str, ids: &[String], protected: bool) -> Result<(), AwsError> {
+        self.autoscaling
+            .set_instance_protection()
+            .auto_scaling_group_name(group)
+            .set_instance_ids(Some(ids.to_vec()))
+            .protected_from_scale_in(protected)
+            .send()
+            .await
+            .map_err(|e| sdk_error("SetInstanceProtection", e))?;
+        Ok(())
+    }
+
+    async fn set_unhealthy(&self, id: &str) -> Result<(), AwsError> {
+        self.autoscaling
+            .set_instance_health()
+            .instance_id(id)
+            .health_status("Unhealthy")
+            .should_respect_grace_period(false)
+            .send()
+            .await
+            .map_err(|e| sdk_error("SetInstanceHealth", e))?;
+        Ok(())
     }
 }
 

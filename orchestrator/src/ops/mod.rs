@@ -298,7 +298,8 @@ pub enum OpReply {
 }
 
 impl OpReply {
-    fn summary(&self) -> String {
+    /// The reply in one line.
+    pub fn summary(&self) -> String {
         match self {
             OpReply::Done { message, .. } => message.clone(),
             OpReply::Discovered { instance, .. } => format!("discovered {}", instance.state.key),

@@ -126,6 +126,12 @@ pub struct MemberStatus {
     pub raft: String,
     pub http: String,
     pub voter: bool,
+    /// Its EC2 instance in the Auto Scaling group (`[membership] auto_scaling_group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The instance's lifecycle state and health there (`InService, Healthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_state: Option<String>,
 }
 
 /// What `/api/raft-state` answers.
@@ -435,6 +441,8 @@ impl RaftNode {
                 raft: node.raft.clone(),
                 http: node.http.clone(),
                 voter: voters.contains(id),
+                instance_id: None,
+                instance_state: None,
             })
             .collect();
         let leader_http = m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.http.clone());

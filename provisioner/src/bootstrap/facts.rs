@@ -36,6 +36,9 @@ use crate::desired::node_tags;
 use crate::mysql_config::ServerFlavor;
 use crate::spec::ResourceNames;
 
+/// The tag AWS puts on every instance an Auto Scaling group launches.
+pub const AUTO_SCALING_GROUP_TAG: &str = "aws:autoscaling:groupName";
+
 /// The node's facts: who it is and the cluster's AWS names.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +71,11 @@ pub struct NodeFacts {
     pub write_target_group: Option<String>,
     #[serde(default)]
     pub read_target_group: Option<String>,
+    /// The Auto Scaling group the Raft members follow (default `{cluster_id}-nodes`,
+    /// the provisioner's name; from metadata, the group's `aws:autoscaling:groupName`
+    /// tag where metadata shows it).
+    #[serde(default)]
+    pub auto_scaling_group: Option<String>,
     #[serde(default)]
     pub layout: LayoutConfig,
     #[serde(default)]
@@ -187,6 +195,7 @@ impl NodeFacts {
             instance_store_device: None,
             write_target_group: Some(tag(node_tags::WRITE_TARGET_GROUP)?),
             read_target_group: Some(tag(node_tags::READ_TARGET_GROUP)?),
+            auto_scaling_group: tags.get(AUTO_SCALING_GROUP_TAG).cloned(),
             layout: LayoutConfig::default(),
             programs: ProgramsConfig::default(),
         };
@@ -213,6 +222,10 @@ impl NodeFacts {
 
     pub fn table(&self) -> String {
         self.table.clone().unwrap_or_else(|| self.names().table)
+    }
+
+    pub fn auto_scaling_group(&self) -> String {
+        self.auto_scaling_group.clone().unwrap_or_else(|| self.names().auto_scaling_group)
     }
 
     pub fn credentials_secret(&self) -> String {

@@ -177,6 +177,13 @@ pub fn config_text(p: &PeerSettings, site: Option<&str>) -> anyhow::Result<Strin
         ("recovery", table([("local_instance", text(f.instance()))])),
         ("auth", table([("tokens_secret", text(names.api_tokens_secret.clone()))])),
         (
+            "membership",
+            table([
+                ("leave_on_stop", Value::Boolean(true)),
+                ("auto_scaling_group", text(f.auto_scaling_group())),
+            ]),
+        ),
+        (
             "tls",
             table([(
                 "raft",
