@@ -138,6 +138,15 @@ pub struct ClusterResources {
     pub spec_toml: String,
     /// EC2 instance id by database host address.
     pub instances: BTreeMap<String, String>,
+    /// The subnet the hosts stand in from, and the template they are launched from.
+    #[serde(default)]
+    pub host_subnet: String,
+    #[serde(default)]
+    pub launch_template_id: String,
+    /// Instances taken out of the group (by host), attached again when the host comes
+    /// back: moto never frees a terminated instance's address.
+    #[serde(default)]
+    pub spare_instances: BTreeMap<String, String>,
 }
 
 impl ClusterResources {
@@ -253,8 +262,7 @@ pub async fn provision(
         .await
         .context("provisioner apply")?;
     let summary = applied.summary;
-    let instances = stand_in_hosts(endpoint, &summary, &host_subnet, hosts).await?;
-    Ok(ClusterResources {
+    let mut resources = ClusterResources {
         cluster_id: cluster_id.to_string(),
         vpc_id,
         subnet_ids,
@@ -266,20 +274,57 @@ pub async fn provision(
         credentials_secret: summary.credentials_secret,
         auto_scaling_group: summary.auto_scaling_group,
         spec_toml,
-        instances,
-    })
+        instances: BTreeMap::new(),
+        host_subnet,
+        launch_template_id: summary.launch_template_id,
+        spare_instances: BTreeMap::new(),
+    };
+    stand_in_hosts(endpoint, &mut resources, hosts).await?;
+    Ok(resources)
 }
 
-/// Replaces the group's moto-made instances with one per host, launched from the
-/// cluster's launch template at the host's address.
-async fn stand_in_hosts(
-    endpoint: &str,
-    summary: &provisioner::cloud::Summary,
-    subnet: &str,
-    hosts: &[String],
-) -> anyhow::Result<BTreeMap<String, String>> {
+/// Resizes the group to `count` instances (3, 5 or 7) through `provisioner apply` of
+/// the spec with the new count; moto's own instances are then replaced by
+/// [`stand_in_hosts`].
+pub async fn resize(endpoint: &str, resources: &mut ClusterResources, count: usize) -> anyhow::Result<()> {
+    let spec_toml = spec_toml(&resources.cluster_id, &resources.vpc_id, &resources.subnet_ids, count);
+    let spec = ClusterSpec::parse(&spec_toml)?;
+    provisioner::cloud::apply(&provisioner_clients(endpoint).await, &spec, &mut |_| {})
+        .await
+        .context("provisioner apply")?;
+    resources.spec_toml = spec_toml;
+    Ok(())
+}
+
+/// Takes `host`'s instance out of the group (the group shrinks) and keeps it aside for
+/// [`stand_in_hosts`] to bring back (the sandbox's scale-in; moto would never let a
+/// new instance have a terminated one's address).
+pub async fn detach_host(endpoint: &str, resources: &mut ClusterResources, host: &str) -> anyhow::Result<()> {
     let c = provisioner_clients(endpoint).await;
-    let group = &summary.auto_scaling_group;
+    let id = resources.instances.get(host).with_context(|| format!("{host} has no instance"))?.clone();
+    c.autoscaling
+        .detach_instances()
+        .auto_scaling_group_name(&resources.auto_scaling_group)
+        .instance_ids(&id)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .context("DetachInstances")?;
+    resources.instances.remove(host);
+    resources.spare_instances.insert(host.to_string(), id);
+    Ok(())
+}
+
+/// Replaces the group's moto-made instances with one per new host, launched from the
+/// cluster's launch template at the host's address, and records their ids.
+pub async fn stand_in_hosts(
+    endpoint: &str,
+    resources: &mut ClusterResources,
+    hosts: &[String],
+) -> anyhow::Result<()> {
+    let c = provisioner_clients(endpoint).await;
+    let group = &resources.auto_scaling_group;
+    let subnet = &resources.host_subnet;
     let described = c
         .autoscaling
         .describe_auto_scaling_groups()
@@ -292,6 +337,7 @@ async fn stand_in_hosts(
         .iter()
         .flat_map(|g| g.instances())
         .filter_map(|i| i.instance_id().map(str::to_string))
+        .filter(|id| !resources.instances.values().any(|ours| ours == id))
         .collect();
     // moto's own instances go first: it gives them random addresses in the subnet,
     // which may be a host's (RunInstances at a taken address fails).
@@ -312,13 +358,17 @@ async fn stand_in_hosts(
             .context("TerminateInstances")?;
     }
     let mut instances = BTreeMap::new();
-    for host in hosts {
+    for host in hosts.iter().filter(|h| !resources.instances.contains_key(*h)) {
+        if let Some(id) = resources.spare_instances.remove(host) {
+            instances.insert(host.clone(), id);
+            continue;
+        }
         let out = c
             .ec2
             .run_instances()
             .launch_template(
                 aws_sdk_ec2::types::LaunchTemplateSpecification::builder()
-                    .launch_template_id(&summary.launch_template_id)
+                    .launch_template_id(&resources.launch_template_id)
                     .version("$Default")
                     .build(),
             )
@@ -332,6 +382,9 @@ async fn stand_in_hosts(
         let id = out.instances().first().and_then(|i| i.instance_id()).context("RunInstances: no id")?;
         instances.insert(host.clone(), id.to_string());
     }
+    if instances.is_empty() {
+        return Ok(());
+    }
     c.autoscaling
         .attach_instances()
         .auto_scaling_group_name(group)
@@ -339,7 +392,8 @@ async fn stand_in_hosts(
         .send()
         .await
         .context("AttachInstances")?;
-    Ok(instances)
+    resources.instances.extend(instances);
+    Ok(())
 }
 
 /// The instance ids in a target group that are not draining.

@@ -18,7 +18,7 @@ use crate::hosts::HostBlock;
 use crate::process::Lifetime;
 
 /// The peers' settings on bootstrapped hosts: the test bed's fast timings.
-const SITE_CONFIG: &str = r#"
+pub const SITE_CONFIG: &str = r#"
 [discovery]
 probe_interval_ms = 500
 connect_timeout_ms = 300
@@ -49,12 +49,17 @@ pub const LOCK_LEASE_S: u64 = 4;
 /// `n` bare hosts (plus moto on host `n + 1`) of one cluster.
 pub struct BootstrapBed {
     pub flavor: Flavor,
-    pub moto: Moto,
+    /// The AWS emulator's endpoint (moto, owned here in tests).
+    pub endpoint: String,
     pub resources: ClusterResources,
     pub clients: orchestrator::aws::AwsClients,
     pub hosts: Vec<String>,
-    pub dir: tempfile::TempDir,
-    block: HostBlock,
+    dir: PathBuf,
+    /// Where pids are recorded for the next holder of the addresses to kill.
+    state_dir: PathBuf,
+    /// Tests own these: dropped with the bed (moto stopped, the directory removed, the
+    /// hosts' processes killed). The sandbox's outlive it.
+    owned: Option<(Moto, tempfile::TempDir, HostBlock)>,
 }
 
 impl BootstrapBed {
@@ -69,12 +74,45 @@ impl BootstrapBed {
         let resources = aws::provision(&moto.endpoint, &cluster_id, &hosts).await?;
         let clients = aws::clients(&moto.endpoint).await;
         std::fs::write(dir.path().join("site.toml"), SITE_CONFIG)?;
-        Ok(BootstrapBed { flavor, moto, resources, clients, hosts, dir, block })
+        Ok(BootstrapBed {
+            flavor,
+            endpoint: moto.endpoint.clone(),
+            resources,
+            clients,
+            hosts,
+            dir: dir.path().to_path_buf(),
+            state_dir: block.state_dir().to_path_buf(),
+            owned: Some((moto, dir, block)),
+        })
+    }
+
+    /// Hosts whose processes outlive this value (the sandbox): kept in `dir`, with a
+    /// running AWS emulator at `endpoint` and the site config `site`.
+    pub async fn detached(
+        flavor: Flavor,
+        dir: &Path,
+        state_dir: &Path,
+        endpoint: &str,
+        resources: ClusterResources,
+        hosts: Vec<String>,
+        site: &str,
+    ) -> anyhow::Result<BootstrapBed> {
+        std::fs::write(dir.join("site.toml"), site)?;
+        Ok(BootstrapBed {
+            flavor,
+            endpoint: endpoint.to_string(),
+            resources,
+            clients: aws::clients(endpoint).await,
+            hosts,
+            dir: dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            owned: None,
+        })
     }
 
     /// Host `i`'s root directory (1-based).
     pub fn host_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("host{i}"))
+        self.dir.join(format!("host{i}"))
     }
 
     pub fn layout(&self, i: usize) -> provisioner::bootstrap::facts::Layout {
@@ -98,11 +136,11 @@ impl BootstrapBed {
             instance = self.resources.id_of(host),
             flavor = self.flavor.name(),
             region = aws::REGION,
-            endpoint = self.moto.endpoint,
+            endpoint = self.endpoint,
             root = self.host_dir(i).display(),
-            site = self.dir.path().join("site.toml").display(),
+            site = self.dir.as_path().join("site.toml").display(),
         );
-        let path = self.dir.path().join(format!("facts-{i}.toml"));
+        let path = self.dir.as_path().join(format!("facts-{i}.toml"));
         std::fs::write(&path, text)?;
         Ok(path)
     }
@@ -130,7 +168,7 @@ impl BootstrapBed {
             .await
             .context("the bootstrap took over 300 s")??;
         self.record(i);
-        let log = self.dir.path().join(format!("bootstrap-{i}.log"));
+        let log = self.dir.as_path().join(format!("bootstrap-{i}.log"));
         let mut text = std::fs::read(&log).unwrap_or_default();
         text.extend_from_slice(&out.stdout);
         text.extend_from_slice(&out.stderr);
@@ -162,7 +200,7 @@ impl BootstrapBed {
     fn record(&self, i: usize) {
         for file in provisioner::bootstrap::services::pid_files(&self.layout(i).state) {
             if let Ok(pid) = std::fs::read_to_string(&file).unwrap_or_default().trim().parse::<u32>() {
-                crate::process::record(self.block.state_dir(), pid);
+                crate::process::record(&self.state_dir, pid);
             }
         }
     }
@@ -294,12 +332,15 @@ impl BootstrapBed {
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 }
 
 impl Drop for BootstrapBed {
     fn drop(&mut self) {
+        if self.owned.is_none() {
+            return;
+        }
         for i in 1..=self.hosts.len() {
             self.kill_host(i);
         }

@@ -65,6 +65,15 @@ where
     panic!("{what}: not within {limit:?} ({last})");
 }
 
+/// Waits until host `i`'s peer shows an audit naming all of `words`.
+async fn wait_audit(bed: &BootstrapBed, i: usize, words: &[&str]) {
+    wait_for(&format!("audit with {words:?}"), Duration::from_secs(10), || async move {
+        let audit = bed.api(i, "/api/audit").await.map_err(|e| format!("{e:#}"))?.to_string();
+        Ok(words.iter().all(|w| audit.contains(w)))
+    })
+    .await;
+}
+
 /// Waits until host `i`'s instance is (or is not) protected from scale-in.
 async fn wait_protection(bed: &BootstrapBed, i: usize, protected: bool) -> Duration {
     wait_for(&format!("host {i} protected = {protected}"), Duration::from_secs(20), || async move {
@@ -170,8 +179,8 @@ async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
         "terminated instance left Raft {:?} after TerminateInstanceInAutoScalingGroup",
         terminated.elapsed()
     );
-    let audit = bed.api(m, "/api/audit").await.unwrap().to_string();
-    assert!(audit.contains("orchestrator:fleet") && audit.contains("remove_raft_peer"), "{audit}");
+    // The removal's audit entry is committed just after the membership change.
+    wait_audit(&bed, m, &["orchestrator:fleet", "remove_raft_peer"]).await;
     eprintln!("whole test in {:?}", started.elapsed());
 }
 
@@ -333,8 +342,7 @@ async fn the_master_host_leaves_and_a_dead_replica_is_marked_unhealthy() {
         lost.len()
     );
     assert!(lost.is_empty(), "acknowledged writes missing on the new master: {lost:?}");
-    let audit = bed.api(n, "/api/audit").await.unwrap().to_string();
-    assert!(audit.contains("orchestrator:leave") && audit.contains("switchover"), "{audit}");
+    wait_audit(&bed, n, &["orchestrator:leave", "switchover", "remove_raft_peer"]).await;
 
     // The protection moved with the master.
     wait_protection(&bed, n, true).await;

@@ -74,11 +74,17 @@ pub fn valid_token_name(name: &str) -> bool {
 
 /// Makes a new token and writes it to `path`, a new file only its owner can read.
 pub fn write_new_token(path: &Path) -> Result<String, TokenError> {
+    let token = generate();
+    write_token_file(path, &token)?;
+    Ok(token)
+}
+
+/// Writes `token` to `path`, a new file only its owner can read.
+pub fn write_token_file(path: &Path, token: &str) -> Result<(), TokenError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let file_error =
         |e: std::io::Error| TokenError::File { path: path.display().to_string(), message: e.to_string() };
-    let token = generate();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -86,7 +92,7 @@ pub fn write_new_token(path: &Path) -> Result<String, TokenError> {
         .open(path)
         .map_err(file_error)?;
     writeln!(f, "{token}").map_err(file_error)?;
-    Ok(token)
+    Ok(())
 }
 
 /// A token as the text of a client's header or a file: printable ASCII, bounded.

@@ -478,6 +478,12 @@ impl Server {
             ServerFlavor::Mariadb => {
                 let mut s = vec!["STOP SLAVE".to_string(), "RESET SLAVE ALL".to_string()];
                 if let Some(g) = gtid {
+                    // The copy's position also as this server's binlog state, as on a
+                    // replica that applied those transactions itself: its executed set
+                    // (`gtid_binlog_pos`) then holds everything it has, and it can be
+                    // promoted (its binlog is empty but for its own setup writes).
+                    s.push("RESET MASTER".into());
+                    s.push(format!("SET GLOBAL gtid_binlog_state = {}", quote(g)));
                     s.push(format!("SET GLOBAL gtid_slave_pos = {}", quote(g)));
                 }
                 s.push(format!(
