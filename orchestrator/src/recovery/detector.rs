@@ -82,6 +82,10 @@ pub struct RecoveryService {
     sentinels: Mutex<BTreeMap<InstanceKey, tokio::task::JoinHandle<()>>>,
     /// Problems already reported by hook/log, so each is announced once.
     announced: Mutex<BTreeSet<(String, AnalysisCode, InstanceKey)>>,
+    /// Former masters (by recovery) already seen replicating from the current master or
+    /// rejoined: never touched again for that recovery, so a new server at the same
+    /// address (a node bootstrapping where the old one stood) is left to its bootstrap.
+    settled_former_masters: Mutex<BTreeSet<(u64, InstanceKey)>>,
 }
 
 impl RecoveryService {
@@ -102,6 +106,7 @@ impl RecoveryService {
             busy: tokio::sync::Mutex::new(()),
             sentinels: Mutex::new(BTreeMap::new()),
             announced: Mutex::new(BTreeSet::new()),
+            settled_former_masters: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -520,11 +525,18 @@ impl RecoveryService {
             if old == current {
                 continue;
             }
+            let settled = (r.id, old.clone());
+            if self.settled_former_masters.lock().is_ok_and(|s| s.contains(&settled)) {
+                continue;
+            }
             let Some(seen) = self.discovery.store().instance(old) else { continue };
             let Some(probe) = seen.state.last_probe.as_ref().filter(|_| seen.state.reachable) else {
                 continue;
             };
             if probe.replication.as_ref().is_some_and(|rep| &rep.source == current) {
+                if let Ok(mut s) = self.settled_former_masters.lock() {
+                    s.insert(settled);
+                }
                 continue;
             }
             if !probe.read_only {
@@ -559,6 +571,9 @@ impl RecoveryService {
             match self.admin.replicate_from(old, current).await {
                 Ok(()) => {
                     tracing::info!(instance = %old, master = %current, "former master rejoined as a replica");
+                    if let Ok(mut s) = self.settled_former_masters.lock() {
+                        s.insert(settled);
+                    }
                     // Seen replicating now, so the next look does not rejoin it again.
                     self.discovery.observe(old).await;
                 }
