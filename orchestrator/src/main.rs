@@ -310,8 +310,12 @@ async fn run() -> anyhow::Result<()> {
         None => tracing::warn!("no local instance known (set recovery.local_instance): self-fencing is off"),
     }
     // The NLB target groups and DynamoDB, when a cluster names them.
-    let aws = if config.clusters.iter().any(|c| c.aws.is_some()) {
-        let clients = AwsClients::load(&config.aws).await;
+    // One set of AWS clients for the target-group loop and the Auto Scaling loop.
+    let aws_clients = match config.clusters.iter().any(|c| c.aws.is_some()) {
+        true => Some(AwsClients::load(&config.aws).await),
+        false => None,
+    };
+    let aws = if let Some(clients) = aws_clients.clone() {
         let controller =
             AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config).map(Arc::new);
         if let Some(c) = &controller {
@@ -328,12 +332,13 @@ async fn run() -> anyhow::Result<()> {
     let ops = Arc::new(Operations::new(raft.clone(), handle.clone(), recovery, aws));
     raft.set_forward_handler(ops.clone());
     // Raft members, scale-in protection and instance health follow the Auto Scaling group.
-    let fleet = match &config.membership.auto_scaling_group {
-        Some(group) => {
+    // (`membership.auto_scaling_group` is refused without `[clusters.aws]`.)
+    let fleet = match (&config.membership.auto_scaling_group, aws_clients) {
+        (Some(group), Some(clients)) => {
             let status = Arc::new(FleetStatus::default());
             tracing::info!(group = %group, "Raft members follow the Auto Scaling group");
             let fleet = FleetLoop::new(
-                AwsClients::load(&config.aws).await,
+                clients,
                 group.clone(),
                 config.membership.clone(),
                 raft.clone(),
@@ -344,7 +349,7 @@ async fn run() -> anyhow::Result<()> {
             tokio::spawn(fleet.run(stop_rx.clone()));
             Some(status)
         }
-        None => None,
+        _ => None,
     };
     let state = AppState {
         node_id: config.node_id,

@@ -124,7 +124,7 @@ pub fn raft_status(s: &AppState) -> crate::raft::RaftStatus {
     let mut status = s.raft.status();
     if let Some(fleet) = s.fleet.as_ref().filter(|f| f.is_known()) {
         for m in &mut status.members {
-            let host = m.raft.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or_default();
+            let host = crate::raft::service::host_of(&m.raft).unwrap_or_default();
             match fleet.instance_at(host) {
                 Some(i) => {
                     m.instance_state = Some(format!("{}, {}", i.lifecycle, i.health));

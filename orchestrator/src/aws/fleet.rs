@@ -124,8 +124,8 @@ impl<C: ScalingGroupApi + 'static> FleetLoop<C> {
             .members
             .iter()
             .filter_map(|m| {
-                let (host, _) = m.raft.rsplit_once(':')?;
-                Some(Member { id: m.id, host: host.trim_matches(['[', ']']).to_string(), voter: m.voter })
+                let host = crate::raft::service::host_of(&m.raft)?;
+                Some(Member { id: m.id, host: host.to_string(), voter: m.voter })
             })
             .collect();
         let master_hosts: BTreeSet<String> = self.node.with_state(|s| {

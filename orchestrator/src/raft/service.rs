@@ -66,7 +66,7 @@ fn certificate_names(cert: &[u8], host: &str) -> bool {
 }
 
 /// The host part of `host:port` (brackets of an IPv6 address removed).
-fn host_of(address: &str) -> Option<&str> {
+pub(crate) fn host_of(address: &str) -> Option<&str> {
     address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']))
 }
 
