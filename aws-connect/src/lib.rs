@@ -64,6 +64,12 @@ pub async fn sdk_config(settings: &ConnectSettings, credentials: Option<Credenti
     loader.load().await
 }
 
+/// The S3 client settings on top of `shared`: a custom endpoint (moto) serves buckets
+/// by path, not by host name.
+pub fn s3_config(shared: &SdkConfig, settings: &ConnectSettings) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(shared).force_path_style(settings.endpoint_url.is_some())
+}
+
 /// An error and its causes on one line (SDK errors hide the service's message in
 /// their sources), without repeating a cause the line already holds.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {

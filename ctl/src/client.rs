@@ -259,6 +259,37 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Opens a `WatchJob` stream on the first peer that accepts it.
+    pub async fn watch_job(
+        &self,
+        id: &str,
+    ) -> Result<(String, tonic::Streaming<orch_proto::v1::BackupJob>), CtlError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            let e = self.channel(endpoint, self.timeout)?.timeout(Duration::from_secs(365 * 24 * 3600));
+            let channel = match e.connect().await {
+                Ok(c) => c,
+                Err(err) => {
+                    last = Some(format!("{endpoint}: {}", connect_error(&err)));
+                    continue;
+                }
+            };
+            let mut client = OrchestratorClient::new(channel);
+            let request = self.request(orch_proto::v1::WatchJobRequest { id: id.to_string() });
+            match client.watch_job(request).await {
+                Ok(stream) => return Ok((endpoint.clone(), stream.into_inner())),
+                Err(s) if try_next(&s, true) => last = Some(format!("{endpoint}: {}", s.message())),
+                Err(s) => return Err(CtlError::from_status(endpoint, &s)),
+            }
+        }
+        Err(CtlError::new(
+            Exit::Unreachable,
+            format!("no peer could answer; last: {}", last.unwrap_or_else(|| "no endpoint".into())),
+        ))
+    }
+}
+
 /// Whether the call failed below gRPC (the connection or HTTP/2), not in the peer.
 fn is_transport(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())

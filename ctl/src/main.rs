@@ -117,6 +117,9 @@ enum Cmd {
     },
     /// Print topology, problem and recovery events as they happen.
     Watch { cluster: Option<String> },
+    /// Backups to S3, the binlog archive, restores and point-in-time recovery.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Print a completion script: `orchctl completion bash > /etc/bash_completion.d/orchctl`.
     Completion {
         #[arg(value_enum)]
@@ -136,6 +139,80 @@ struct RecoveryArgs {
     /// Show the plan (candidate, and why each other replica was passed over) only.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Take a backup now (operate): of a replica unless --source names an instance;
+    /// shows its progress until it ends (--no-wait: the job only).
+    Create {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// A full backup (default: incremental when a backup to build on exists).
+        #[arg(long, conflicts_with = "incremental")]
+        full: bool,
+        /// An incremental on the newest backup (refused when there is none).
+        #[arg(long)]
+        incremental: bool,
+        /// The instance to copy (host:port).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The backups in the bucket: size, duration, chain complete or not, the oldest
+    /// restorable point, and the binlog archive.
+    List {
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Check every part's checksum (and that it opens) without restoring (operate).
+    Verify {
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a backup (admin); refused while another backup needs it.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Restore onto an empty server, then replay the binlog archive to a point
+    /// (admin): the newest backup before the point, downloaded, prepared, started and
+    /// brought forward exactly to it, then verified.
+    Restore {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// `latest`, a UTC time (`2026-12-04T18:50:00.123456Z`), or a GTID set
+        /// (everything up to and including it; with --exclusive, up to before it).
+        #[arg(long, default_value = "latest")]
+        to: String,
+        #[arg(long)]
+        exclusive: bool,
+        /// The empty server to restore onto (host:port; a peer runs on its host).
+        #[arg(long)]
+        target: String,
+        /// Restore this backup instead of the newest one before the point.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Show the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Follow a backup job (as `create`, `verify` and `restore` do).
+    Job { id: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArg {
+    /// The cluster (default: the only one the peer knows).
+    #[arg(long, short = 'c')]
+    cluster: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,6 +538,7 @@ async fn run(args: Args) -> Result<Exit, CtlError> {
         Cmd::Watch { cluster } => {
             return watch_events(&c, out, cluster.as_deref().unwrap_or(""), false).await
         }
+        Cmd::Backup(cmd) => return backup(&c, out, args.yes, cmd).await,
         Cmd::Completion { .. } => {}
     }
     Ok(Exit::Ok)
@@ -534,6 +612,173 @@ async fn recover(
         }
         Ok(Exit::Failed)
     }
+}
+
+/// The cluster named, or the only one the peer knows.
+async fn cluster_name(c: &Client, arg: &ClusterArg) -> Result<String, CtlError> {
+    if let Some(name) = &arg.cluster {
+        return Ok(name.clone());
+    }
+    let r = call!(c, true, c.timeout, list_clusters, pb::ListClustersRequest {})?;
+    match r.clusters.as_slice() {
+        [only] => Ok(only.alias.clone()),
+        [] => Err(CtlError::usage("the peer knows no cluster: give --cluster")),
+        many => Err(CtlError::usage(format!(
+            "the peer knows {} clusters ({}): give --cluster",
+            many.len(),
+            many.iter().map(|c| c.alias.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+async fn backup(c: &Client, out: Output, yes: bool, cmd: &BackupCmd) -> Result<Exit, CtlError> {
+    let t = c.timeout;
+    let long = t.max(Duration::from_secs(60));
+    let job = match cmd {
+        BackupCmd::List { cluster } => {
+            let cluster = cluster_name(c, cluster).await?;
+            let r = call!(c, true, long, list_backups, pb::ListBackupsRequest { cluster })?;
+            print(out, &r, render::backups);
+            return Ok(Exit::Ok);
+        }
+        BackupCmd::Delete { id, cluster } => {
+            let cluster = cluster_name(c, cluster).await?;
+            confirm(yes, &format!("Backup {id} of cluster {cluster} is deleted"))?;
+            let q = pb::DeleteBackupRequest { cluster, id: id.clone() };
+            let r = call!(c, false, long, delete_backup, q)?;
+            print(out, &r, render::operation);
+            return Ok(Exit::Ok);
+        }
+        BackupCmd::Job { id } => return follow_job(c, out, id).await,
+        BackupCmd::Create { cluster, full, incremental, source, no_wait } => {
+            let cluster = cluster_name(c, cluster).await?;
+            let kind = if *full {
+                "full"
+            } else if *incremental {
+                "incremental"
+            } else {
+                ""
+            };
+            let q = pb::CreateBackupRequest {
+                cluster,
+                kind: kind.into(),
+                source: source.as_deref().map(instance_arg).unwrap_or_default(),
+            };
+            (call!(c, false, long, create_backup, q)?, *no_wait)
+        }
+        BackupCmd::Verify { id, cluster, no_wait } => {
+            let cluster = cluster_name(c, cluster).await?;
+            let q = pb::VerifyBackupRequest { cluster, id: id.clone() };
+            (call!(c, false, long, verify_backup, q)?, *no_wait)
+        }
+        BackupCmd::Restore { cluster, to, exclusive, target, backup, dry_run, no_wait } => {
+            let cluster = cluster_name(c, cluster).await?;
+            let target = instance_arg(target);
+            if !dry_run {
+                confirm(
+                    yes,
+                    &format!("The data of {target} is replaced by a restore of cluster {cluster} to {to}"),
+                )?;
+            }
+            let q = pb::RestoreBackupRequest {
+                cluster,
+                target,
+                to: to.clone(),
+                exclusive: *exclusive,
+                backup_id: backup.clone().unwrap_or_default(),
+                dry_run: *dry_run,
+            };
+            (call!(c, *dry_run, long, restore_backup, q)?, *no_wait)
+        }
+    };
+    let (job, no_wait) = job;
+    if no_wait || job.ended_unix_ms > 0 {
+        print(out, &job, render::job);
+        return Ok(if job.status == "failed" { Exit::Failed } else { Exit::Ok });
+    }
+    if out == Output::Table {
+        say!("{} of {} on peer {} (job {})", job.kind, dash_or(&job.instance), job.runner, job.id);
+    }
+    follow_job(c, out, &job.id).await
+}
+
+fn dash_or(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// Shows a job's progress (a bar on a terminal: bytes, rate, ETA; its phases
+/// otherwise) until it ends; the exit code says how it ended.
+async fn follow_job(c: &Client, out: Output, id: &str) -> Result<Exit, CtlError> {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = |total: bool| {
+        let template = if total {
+            "{spinner} {msg}\n  [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
+        } else {
+            "{spinner} {msg}\n  {bytes} {binary_bytes_per_sec} {elapsed}"
+        };
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    };
+    let show = out == Output::Table;
+    if !show || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(style(false));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last_phase = String::new();
+    let mut last: Option<pb::BackupJob> = None;
+    let mut retries = 0;
+    while last.as_ref().is_none_or(|j| j.ended_unix_ms == 0) {
+        let (endpoint, mut stream) = c.watch_job(id).await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(j)) => {
+                    if j.bytes_total > 0 && bar.length() != Some(j.bytes_total) {
+                        bar.set_style(style(true));
+                        bar.set_length(j.bytes_total);
+                    }
+                    bar.set_position(j.bytes_done.min(j.bytes_total.max(j.bytes_done)));
+                    if j.phase != last_phase {
+                        if show && bar.is_hidden() {
+                            eprintln!("{}: {}", render::clock(orchestrator_now_ms()), j.phase);
+                        }
+                        bar.set_message(j.phase.clone());
+                        last_phase = j.phase.clone();
+                    }
+                    last = Some(j);
+                }
+                Ok(None) => break,
+                Err(s) if retries < 5 && s.code() == tonic::Code::Unavailable => {
+                    retries += 1;
+                    eprintln!("orchctl: following job {id} on {endpoint}: {}; again", s.message());
+                    break;
+                }
+                Err(s) => {
+                    bar.finish_and_clear();
+                    return Err(CtlError::from_status(&endpoint, &s));
+                }
+            }
+        }
+        if last.as_ref().is_none_or(|j| j.ended_unix_ms == 0) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    bar.finish_and_clear();
+    let job = last.expect("a job was seen");
+    print(out, &job, render::job);
+    Ok(if job.status == "succeeded" { Exit::Ok } else { Exit::Failed })
+}
+
+fn orchestrator_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Prints events as they come; reconnects (to any peer) when a stream ends.

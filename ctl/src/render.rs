@@ -484,6 +484,111 @@ pub fn event(e: &pb::WatchEvent) {
     }
 }
 
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
+}
+
+/// `2026-12-04 18:50:48.123456 UTC` of a Unix-microsecond time.
+fn micros_time(us: i64) -> String {
+    if us <= 0 {
+        return "-".into();
+    }
+    format!("{}.{:06} UTC", date_time(us / 1000).trim_end_matches(" UTC"), us.rem_euclid(1_000_000))
+}
+
+pub fn job(j: &pb::BackupJob) {
+    say!("{} {}: {}", j.kind, j.status, if j.result.is_empty() { &j.phase } else { &j.result });
+    if !j.backup_id.is_empty() {
+        say!("  backup {}", j.backup_id);
+    }
+    for (i, p) in j.phases.iter().enumerate() {
+        let until = j.phases.get(i + 1).map(|n| n.started_unix_ms).unwrap_or(j.ended_unix_ms);
+        if until > 0 {
+            say!("  {:>7.2}s  {}", (until - p.started_unix_ms) as f64 / 1000.0, p.name);
+        }
+    }
+    let took = if j.ended_unix_ms > 0 { (j.ended_unix_ms - j.started_unix_ms) as f64 / 1000.0 } else { 0.0 };
+    if took > 0.0 {
+        say!(
+            "  {} in {took:.1} s ({} stored, {}/s)",
+            bytes(j.bytes_done),
+            bytes(j.stored_bytes),
+            bytes((j.bytes_done as f64 / took) as u64)
+        );
+    }
+}
+
+pub fn backups(r: &pb::BackupListing) {
+    say!("cluster {}  bucket {}", r.cluster, r.bucket);
+    let mut t = table(&[
+        "ID", "KIND", "METHOD", "PARENT", "SOURCE", "STARTED", "DURATION", "DATA", "STORED", "CHAIN", "GTID",
+    ]);
+    for b in &r.backups {
+        let mut method = b.method.clone();
+        if b.staged_locally {
+            method.push_str(" (staged locally)");
+        }
+        if b.encrypted {
+            method.push_str(" encrypted");
+        }
+        let chain =
+            if b.chain_complete { "complete".to_string() } else { format!("BROKEN: {}", b.chain_problem) };
+        let gtid: String = b.gtid_executed.chars().take(60).collect();
+        t.add_row(vec![
+            b.id.clone(),
+            b.kind.clone(),
+            method,
+            dash(&b.parent).to_string(),
+            b.source.clone(),
+            date_time(b.started_unix_ms),
+            format!("{:.1}s", b.duration_ms as f64 / 1000.0),
+            bytes(b.raw_bytes),
+            bytes(b.stored_bytes),
+            chain,
+            gtid,
+        ]);
+    }
+    if r.backups.is_empty() {
+        say!("no complete backup");
+    } else {
+        say!("{t}");
+    }
+    for i in &r.incomplete {
+        say!("incomplete (no manifest, never restorable): {i}");
+    }
+    if !r.running.is_empty() {
+        say!("running: {}", r.running);
+    }
+    say!("oldest restorable point: {}", date_time(r.oldest_restorable_unix_ms));
+    if let Some(a) = &r.archive {
+        say!(
+            "binlog archive: {} segments, {}, newest commit {}, archiver {}",
+            a.segments,
+            bytes(a.stored_bytes),
+            micros_time(a.latest_commit_unix_us),
+            dash(&a.archiver)
+        );
+        for g in &a.gaps {
+            say!(
+                "  GAP after segment {}: {} were purged before they were archived",
+                g.after_segment,
+                g.missing
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,10 @@ pub enum AnalysisCode {
     DeadReplica,
     ReplicationStopped,
     ReplicaLagging,
+    /// Raised by the backup upkeep (`backup::maintenance`), not by the topology.
+    BinlogArchiveGap,
+    BinlogArchiveLagging,
+    BackupFailing,
 }
 
 impl AnalysisCode {
@@ -113,6 +117,9 @@ impl AnalysisCode {
             DeadReplica => "DeadReplica",
             ReplicationStopped => "ReplicationStopped",
             ReplicaLagging => "ReplicaLagging",
+            BinlogArchiveGap => "BinlogArchiveGap",
+            BinlogArchiveLagging => "BinlogArchiveLagging",
+            BackupFailing => "BackupFailing",
         }
     }
 }
@@ -165,7 +172,7 @@ const FAILOVER: bool = true;
 const REPORT: bool = false;
 
 #[rustfmt::skip]
-static REGISTRY: [ProblemKind; 17] = {
+static REGISTRY: [ProblemKind; 20] = {
     use AnalysisCode::*;
     [
         kind(DeadMaster, 0, FAILOVER, dead_master,
@@ -202,8 +209,20 @@ static REGISTRY: [ProblemKind; 17] = {
             "a replica's IO or SQL thread is stopped while its master is reachable"),
         kind(ReplicaLagging, 6, REPORT, replica_lagging,
             "a replica lags behind its master more than the threshold"),
+        kind(BinlogArchiveGap, 3, REPORT, backup_side,
+            "the binlog archive misses transactions purged before they were archived: no restore crosses them"),
+        kind(BinlogArchiveLagging, 4, REPORT, backup_side,
+            "the binlog archive is behind the master: the recovery point is older than it should be"),
+        kind(BackupFailing, 4, REPORT, backup_side,
+            "backups fail (the catalog cannot be read, or a scheduled backup failed)"),
     ]
 };
+
+/// The backup codes: raised by the leader's backup upkeep from the bucket's catalog,
+/// never by the topology.
+fn backup_side(_: &Summary<'_>, _: &ClusterInstance) -> Option<String> {
+    None
+}
 
 /// Every code exactly once, in declaration order.
 pub fn registry() -> &'static [ProblemKind] {
@@ -1114,13 +1133,16 @@ mod tests {
             DeadReplica => 14,
             ReplicationStopped => 15,
             ReplicaLagging => 16,
+            BinlogArchiveGap => 17,
+            BinlogArchiveLagging => 18,
+            BackupFailing => 19,
         }
     }
 
     #[test]
     fn registry_lists_every_code_once() {
         let ordinals: Vec<usize> = registry().iter().map(|k| ordinal(k.code)).collect();
-        assert_eq!(ordinals, (0..17).collect::<Vec<_>>());
+        assert_eq!(ordinals, (0..20).collect::<Vec<_>>());
         for k in registry() {
             assert!(!k.description.is_empty(), "{}", k.code);
             assert_eq!(describe(k.code).code, k.code);

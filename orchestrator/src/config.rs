@@ -103,6 +103,180 @@ pub struct Config {
     /// How this peer leaves, and how the group follows the Auto Scaling group.
     #[serde(default)]
     pub membership: MembershipConfig,
+    /// Backups to S3, the binlog archive and restores (off unless `enabled`).
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// Backups, the continuous binlog archive and point-in-time restore (DESIGN.md section
+/// 13), for every cluster with `[clusters.aws]`: objects go to its bucket
+/// (`percona-{cluster_id}-backups`), the `backup_lock` to its table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    pub enabled: bool,
+    /// Another bucket than `percona-{cluster_id}-backups` (one cluster only).
+    pub bucket: Option<String>,
+    /// Which instance a backup copies: `replica` (the replicating, least lagging,
+    /// not downtimed one; preferring one whose promotion rule is not `prefer`), `master`,
+    /// or a `host:port`. It is downtimed while the backup runs.
+    pub source: String,
+    /// `auto` (mariadb-backup on MariaDB, the clone plugin on MySQL), `mariadb_backup`,
+    /// `xtrabackup` (Percona Server / MySQL 8.0 with XtraBackup installed) or `clone`.
+    pub method: String,
+    /// Stream bytes per stored part.
+    pub part_size_mb: u64,
+    /// Parts compressed and uploaded (or downloaded and opened) at once.
+    pub concurrency: usize,
+    /// zstd level (1-19): 1 by default, as XtraBackup's zstd compression, since a
+    /// backup is bound by CPU and upload, not by the few percent a higher level saves.
+    pub compression_level: i32,
+    /// The backup tool's own copy threads (`--parallel`).
+    pub tool_parallel: u32,
+    /// Limit the physical backup tool's reads to this many I/O operations per second
+    /// (`--throttle`), to spare a busy source (0: no limit).
+    pub tool_throttle: u32,
+    /// Seal every part with AES-256-GCM with the key (32 bytes, base64 or hex) in this
+    /// Secrets Manager secret, or in this file (mode 0600).
+    pub encryption_key_secret: Option<String>,
+    pub encryption_key_file: Option<PathBuf>,
+    /// The `backup_lock` lasts this long past each renewal (renewed every third).
+    pub lock_lease_s: u64,
+    /// Bound on one object upload or download.
+    pub call_timeout_s: u64,
+    /// A full backup at least this often, an incremental at least this often between
+    /// them (0: none by schedule; the leader runs the schedule).
+    pub full_every_s: u64,
+    pub incremental_every_s: u64,
+    /// Backups younger than this are kept, and always the newest `keep_full` full ones
+    /// with their incrementals; the archive keeps every binlog a kept backup needs.
+    pub retention_days: u64,
+    pub keep_full: usize,
+    /// How often the leader checks the schedule and retention and reads the catalog.
+    pub maintenance_interval_s: u64,
+    /// Archive the current master's binary logs continuously.
+    pub binlog_archive: bool,
+    /// The open binary log is archived at least this often (the recovery point).
+    pub binlog_flush_s: u64,
+    /// A segment holds at most this much of a binary log.
+    pub binlog_segment_mb: u64,
+    /// The archiver's lease (`binlog_archive_lock`): a new master's archiver takes
+    /// over at most this long after the old one stopped renewing.
+    pub archive_lease_s: u64,
+    /// Work files (tool logs, option files, LSN files, restores' staging).
+    pub work_dir: Option<PathBuf>,
+    /// MySQL programs (`mysqld`, `mysql`, `mysqlbinlog`) from a minimal root (DESIGN.md
+    /// section 7), run through its own loader; unset: the system's.
+    pub mysql_root: Option<PathBuf>,
+    pub mariadb_backup: PathBuf,
+    pub mbstream: PathBuf,
+    pub xtrabackup: PathBuf,
+    pub xbstream: PathBuf,
+    /// The account a restore replays binary logs as (it writes every table and sets
+    /// GTIDs); its password is the credentials secret's `root`, or this file.
+    pub restore_user: String,
+    pub restore_password_file: Option<PathBuf>,
+    /// How a restore stops and starts the co-located mysqld (argv); defaults to
+    /// `systemctl stop|start orchestrator-mysqld`, the unit the node bootstrap writes.
+    pub server_stop_command: Vec<String>,
+    pub server_start_command: Vec<String>,
+    /// Clusters whose backups this peer restores without managing them (a restore
+    /// host outside the cluster: no discovery, no recovery, only their bucket).
+    pub restore_from: Vec<RestoreFrom>,
+}
+
+/// A cluster's bucket and table, for a peer that only restores its backups.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// The name `orchctl backup ... --cluster` uses.
+    pub alias: String,
+    pub cluster_id: String,
+    /// DynamoDB table (default `{cluster_id}-orchestrator`).
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bucket: None,
+            source: "replica".into(),
+            method: "auto".into(),
+            part_size_mb: 16,
+            concurrency: 4,
+            compression_level: 1,
+            tool_parallel: 4,
+            tool_throttle: 0,
+            encryption_key_secret: None,
+            encryption_key_file: None,
+            lock_lease_s: 30,
+            call_timeout_s: 120,
+            full_every_s: 7 * 86_400,
+            incremental_every_s: 86_400,
+            retention_days: 28,
+            keep_full: 2,
+            maintenance_interval_s: 60,
+            binlog_archive: true,
+            binlog_flush_s: 5,
+            binlog_segment_mb: 64,
+            archive_lease_s: 10,
+            work_dir: None,
+            mysql_root: None,
+            mariadb_backup: PathBuf::from("mariadb-backup"),
+            mbstream: PathBuf::from("mbstream"),
+            xtrabackup: PathBuf::from("xtrabackup"),
+            xbstream: PathBuf::from("xbstream"),
+            restore_user: "root".into(),
+            restore_password_file: None,
+            server_stop_command: vec!["systemctl".into(), "stop".into(), "orchestrator-mysqld".into()],
+            server_start_command: vec!["systemctl".into(), "start".into(), "orchestrator-mysqld".into()],
+            restore_from: Vec::new(),
+        }
+    }
+}
+
+/// Which instance a backup copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupSource {
+    Replica,
+    Master,
+    Instance(InstanceKey),
+}
+
+impl BackupConfig {
+    pub fn source(&self) -> Result<BackupSource, String> {
+        match self.source.as_str() {
+            "replica" => Ok(BackupSource::Replica),
+            "master" => Ok(BackupSource::Master),
+            other => other
+                .parse()
+                .map(BackupSource::Instance)
+                .map_err(|_| format!("`{other}`: give replica, master or host:port")),
+        }
+    }
+
+    pub fn method(&self) -> Result<Option<crate::backup::manifest::Method>, String> {
+        use crate::backup::manifest::Method;
+        match self.method.as_str() {
+            "auto" => Ok(None),
+            "mariadb_backup" => Ok(Some(Method::MariadbBackup)),
+            "xtrabackup" => Ok(Some(Method::Xtrabackup)),
+            "clone" => Ok(Some(Method::Clone)),
+            other => Err(format!("`{other}`: give auto, mariadb_backup, xtrabackup or clone")),
+        }
+    }
+
+    /// The work directory (default: `{data_dir}/backup`).
+    pub fn work_dir(&self, data_dir: &Path) -> PathBuf {
+        self.work_dir.clone().unwrap_or_else(|| data_dir.join("backup"))
+    }
+
+    /// The bucket of `cluster_id`.
+    pub fn bucket_name(&self, cluster_id: &str) -> String {
+        self.bucket.clone().unwrap_or_else(|| format!("percona-{cluster_id}-backups"))
+    }
 }
 
 /// A node's life in the group (DESIGN.md section 12).
@@ -379,6 +553,10 @@ pub struct MysqlConfig {
     /// Its password (env override `ORCH_REPLICATION_PASSWORD`).
     #[serde(default)]
     pub replication_password: Option<String>,
+    /// The backup account's password (`[donor] backup_user`; env override
+    /// `ORCH_BACKUP_PASSWORD`) when no credentials secret holds it.
+    #[serde(default)]
+    pub backup_password: Option<String>,
     /// An application account without `SUPER`/`READ ONLY ADMIN` that proves a promoted
     /// master takes writes (our own account can write through `read_only`).
     #[serde(default)]
@@ -585,6 +763,9 @@ impl Config {
         if let Some(v) = env("ORCH_REPLICATION_PASSWORD") {
             self.mysql.replication_password = Some(v);
         }
+        if let Some(v) = env("ORCH_BACKUP_PASSWORD") {
+            self.mysql.backup_password = Some(v);
+        }
         if let Some(v) = env("ORCH_MYSQL_PASSWORD") {
             self.mysql.password = Some(v);
             self.mysql.password_file = None;
@@ -650,10 +831,14 @@ impl Config {
         }
         if self.mysql.credentials_secret.is_some() {
             let inline_write_check = self.mysql.write_check.as_ref().is_some_and(|w| !w.password.is_empty());
-            if sources.contains(&true) || self.mysql.replication_password.is_some() || inline_write_check {
+            if sources.contains(&true)
+                || self.mysql.replication_password.is_some()
+                || self.mysql.backup_password.is_some()
+                || inline_write_check
+            {
                 return Err(invalid(
                     "mysql.credentials_secret",
-                    "the secret holds every password: remove password, password_file, password_env, replication_password and write_check.password".into(),
+                    "the secret holds every password: remove password, password_file, password_env, replication_password, backup_password and write_check.password".into(),
                 ));
             }
         }
@@ -809,6 +994,67 @@ impl Config {
                     "auth.tokens",
                     format!("token `{}`: give exactly one of sha256, file", t.name),
                 ));
+            }
+        }
+        let b = &self.backup;
+        if b.enabled {
+            if self.clusters.iter().all(|c| c.aws.is_none()) && b.restore_from.is_empty() {
+                return Err(invalid(
+                    "backup.enabled",
+                    "backups go to the cluster's bucket: give a cluster [clusters.aws] (or [[backup.restore_from]])".into(),
+                ));
+            }
+            for r in &b.restore_from {
+                if r.alias.is_empty() || r.cluster_id.is_empty() {
+                    return Err(invalid("backup.restore_from", "give alias and cluster_id".into()));
+                }
+                if self.clusters.iter().any(|c| c.alias == r.alias) {
+                    return Err(invalid(
+                        "backup.restore_from",
+                        format!("`{}` is a cluster this peer manages already", r.alias),
+                    ));
+                }
+            }
+            if b.bucket.is_some() && self.clusters.iter().filter(|c| c.aws.is_some()).count() > 1 {
+                return Err(invalid(
+                    "backup.bucket",
+                    "one bucket cannot hold several clusters' backups: leave it unset".into(),
+                ));
+            }
+            b.source().map_err(|m| invalid("backup.source", m))?;
+            b.method().map_err(|m| invalid("backup.method", m))?;
+            for (key, value) in [
+                ("backup.part_size_mb", b.part_size_mb),
+                ("backup.concurrency", b.concurrency as u64),
+                ("backup.lock_lease_s", b.lock_lease_s),
+                ("backup.call_timeout_s", b.call_timeout_s),
+                ("backup.maintenance_interval_s", b.maintenance_interval_s),
+                ("backup.binlog_flush_s", b.binlog_flush_s),
+                ("backup.binlog_segment_mb", b.binlog_segment_mb),
+                ("backup.archive_lease_s", b.archive_lease_s),
+                ("backup.keep_full", b.keep_full as u64),
+            ] {
+                if value == 0 {
+                    return Err(invalid(key, "must be above 0".into()));
+                }
+            }
+            if b.part_size_mb > 1024 {
+                return Err(invalid("backup.part_size_mb", format!("{} MiB: at most 1024", b.part_size_mb)));
+            }
+            if !(1..=19).contains(&b.compression_level) {
+                return Err(invalid(
+                    "backup.compression_level",
+                    format!("{}: give 1 to 19", b.compression_level),
+                ));
+            }
+            if b.encryption_key_secret.is_some() && b.encryption_key_file.is_some() {
+                return Err(invalid(
+                    "backup.encryption_key_secret",
+                    "give the key in a secret or a file, not both".into(),
+                ));
+            }
+            if b.server_stop_command.is_empty() || b.server_start_command.is_empty() {
+                return Err(invalid("backup.server_start_command", "restores need both commands".into()));
             }
         }
         if self.tls.raft.is_none() && !self.tls.raft_insecure {
@@ -1038,6 +1284,45 @@ raft_insecure = true
         let c = parse_and_validate(&text).unwrap();
         let aws = c.clusters[0].aws.as_ref().expect("[clusters.aws] in the example");
         assert_eq!(aws.table_name(), "main-orchestrator");
+    }
+
+    #[test]
+    fn backup_settings_are_checked() {
+        let with = |backup: &str, aws: bool| {
+            let (head, clusters) = GOOD.split_at(GOOD.find("[[clusters]]").unwrap());
+            let aws_table = if aws {
+                "\n[clusters.aws]\ncluster_id = \"c\"\nwrite_target_group_arn = \"w\"\nread_target_group_arn = \"r\"\n"
+            } else {
+                ""
+            };
+            format!("{head}[backup]\n{backup}\n\n{clusters}{aws_table}")
+        };
+        let c = parse_and_validate(&with("enabled = true", true)).unwrap();
+        assert_eq!(c.backup.bucket_name("c"), "percona-c-backups");
+        assert_eq!(c.backup.source().unwrap(), BackupSource::Replica);
+        assert_eq!(c.backup.work_dir(Path::new("/d")), PathBuf::from("/d/backup"));
+        assert!(parse_and_validate(&with("enabled = false", false)).is_ok(), "off needs nothing");
+        let cases = [
+            (with("enabled = true", false), "backup.enabled"),
+            (with("enabled = true\nsource = \"nowhere\"", true), "backup.source"),
+            (with("enabled = true\nmethod = \"rsync\"", true), "backup.method"),
+            (with("enabled = true\npart_size_mb = 0", true), "backup.part_size_mb"),
+            (with("enabled = true\ncompression_level = 30", true), "backup.compression_level"),
+            (with("enabled = true\nserver_start_command = []", true), "backup.server_start_command"),
+            (
+                with("enabled = true\nencryption_key_secret = \"s\"\nencryption_key_file = \"/k\"", true),
+                "backup.encryption_key_secret",
+            ),
+            (with("enabled = true\nlock_leas_s = 3", true), "lock_leas_s"),
+        ];
+        for (text, needle) in cases {
+            let e = error_of(&text);
+            assert!(e.contains(needle), "expected `{needle}` in: {e}");
+        }
+        let restore_only = GOOD.replace("[[clusters]]\nalias = \"main\"\nseeds = [\"127.0.1.1:3306\"]\n", "")
+            + "\n[backup]\nenabled = true\n[[backup.restore_from]]\nalias = \"main\"\ncluster_id = \"prod\"\n";
+        let c = parse_and_validate(&restore_only).unwrap();
+        assert_eq!(c.backup.restore_from[0].cluster_id, "prod");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use orch_proto::raft::BackupChunk;
 use tokio::io::AsyncReadExt;
 use tonic::Status;
 
+use crate::backup::tools::{self, write_private};
 use crate::mysql::credentials::Credentials;
 use crate::topology::InstanceKey;
 
@@ -53,12 +54,7 @@ pub type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<BackupChunk, St
 
 /// The tool's option file: the server's options, then the account.
 pub fn option_file(server_options: &Path, instance: &InstanceKey, user: &str, password: &str) -> String {
-    format!(
-        "!include {}\n\n[mariadb-backup]\nuser = {user}\npassword = {password}\nhost = {}\nport = {}\n",
-        server_options.display(),
-        instance.host,
-        instance.port
-    )
+    tools::option_file("mariadb-backup", Some(server_options), Some(instance), None, user, password)
 }
 
 /// The tool's arguments (the option file must come first).
@@ -183,17 +179,8 @@ impl Donor {
     }
 }
 
-/// Writes a new file readable by its owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())
-}
-
 /// The last line of the tool's log that says what went wrong.
-fn last_error_line(log: &Path) -> String {
+pub fn last_error_line(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .rev()
@@ -215,8 +202,9 @@ mod tests {
         let key: InstanceKey = "10.0.1.5:3306".parse().unwrap();
         let text = option_file(Path::new("/etc/mysql/node.cnf"), &key, "backup", "s3cret");
         assert!(text.starts_with("!include /etc/mysql/node.cnf\n"));
-        assert!(text
-            .contains("[mariadb-backup]\nuser = backup\npassword = s3cret\nhost = 10.0.1.5\nport = 3306\n"));
+        assert!(text.contains(
+            "[mariadb-backup]\nuser = 'backup'\npassword = 's3cret'\nhost = 10.0.1.5\nport = 3306\n"
+        ));
         let args = arguments(Path::new("/w/backup.cnf"), Path::new("/w/target"));
         assert_eq!(args[0], "--defaults-file=/w/backup.cnf");
         assert!(args.contains(&"--stream=xbstream".to_string()));

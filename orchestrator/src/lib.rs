@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod api;
 pub mod auth;
 pub mod aws;
+pub mod backup;
 pub mod config;
 pub mod discovery;
 pub mod donor;

@@ -150,7 +150,14 @@ async fn mysql_credentials(config: &Config) -> anyhow::Result<Arc<Credentials>> 
             orchestrator: config.mysql_password()?,
             replication: config.mysql.replication_password.clone().unwrap_or_default(),
             write_check: config.mysql.write_check.as_ref().map(|w| w.password.clone()).unwrap_or_default(),
-            backup: String::new(),
+            backup: config.mysql.backup_password.clone().unwrap_or_default(),
+            root: match &config.backup.restore_password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading backup.restore_password_file {}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                None => String::new(),
+            },
         }));
     };
     let clients = AwsClients::load(&config.aws).await;
@@ -191,6 +198,7 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!("Raft port without TLS (tls.raft_insecure): any host reaching it can send Raft RPCs");
     }
     let credentials = mysql_credentials(&config).await?;
+    let credentials_for_backups = credentials.clone();
     let donor = match (&config.donor.server_options, config.local_instance()) {
         (Some(options), Some(local)) => {
             tracing::info!(instance = %local, "serving backups of the co-located server to new nodes");
@@ -311,10 +319,11 @@ async fn run() -> anyhow::Result<()> {
     }
     // The NLB target groups and DynamoDB, when a cluster names them.
     // One set of AWS clients for the target-group loop and the Auto Scaling loop.
-    let aws_clients = match config.clusters.iter().any(|c| c.aws.is_some()) {
-        true => Some(AwsClients::load(&config.aws).await),
-        false => None,
-    };
+    let aws_clients =
+        match config.clusters.iter().any(|c| c.aws.is_some()) || !config.backup.restore_from.is_empty() {
+            true => Some(AwsClients::load(&config.aws).await),
+            false => None,
+        };
     let aws = if let Some(clients) = aws_clients.clone() {
         let controller =
             AwsController::new(clients, raft.clone(), store.clone(), metrics.clone(), &config).map(Arc::new);
@@ -329,8 +338,32 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
-    let ops = Arc::new(Operations::new(raft.clone(), handle.clone(), recovery, aws));
+    // Backups, the binlog archive and restores (`[backup] enabled`; validation made
+    // sure a cluster has `[clusters.aws]`, so the AWS clients exist).
+    let backups = match (&aws_clients, config.backup.enabled) {
+        (Some(clients), true) => {
+            let service = orchestrator::backup::service::BackupService::new(
+                config.clone(),
+                clients,
+                credentials_for_backups.clone(),
+                raft.clone(),
+                handle.clone(),
+                metrics.clone(),
+            )
+            .await?;
+            tracing::info!(clusters = %service.cluster_aliases().join(", "), "backups and the binlog archive are on");
+            Some(service)
+        }
+        _ => None,
+    };
+    let ops =
+        Arc::new(Operations::new(raft.clone(), handle.clone(), recovery, aws, backups.clone(), &config));
     raft.set_forward_handler(ops.clone());
+    if let Some(b) = &backups {
+        b.set_operations((*ops).clone());
+        tokio::spawn(b.clone().run_archiver(stop_rx.clone()));
+        tokio::spawn(b.clone().run_maintenance(stop_rx.clone()));
+    }
     // Raft members, scale-in protection and instance health follow the Auto Scaling group.
     // (`membership.auto_scaling_group` is refused without `[clusters.aws]`.)
     let fleet = match (&config.membership.auto_scaling_group, aws_clients) {

@@ -35,6 +35,12 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    cluster: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MirrorLabels {
     item: &'static str,
     outcome: &'static str,
@@ -68,6 +74,85 @@ pub struct Metrics {
     aws_reconcile_lag: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     aws_write_group_converge: Histogram,
     aws_mirror_writes: Family<MirrorLabels, Counter>,
+    backup: BackupMetrics,
+}
+
+/// Backups and the binlog archive.
+struct BackupMetrics {
+    last_success: Family<BackupLabels, Gauge>,
+    duration: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    size: Family<BackupLabels, Gauge>,
+    failures: Family<BackupLabels, Counter>,
+    segments_archived: Family<ClusterLabels, Counter>,
+    archived_bytes: Family<ClusterLabels, Counter>,
+    recovery_point: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    archive_lag: Family<ClusterLabels, Gauge>,
+    archive_gaps: Family<ClusterLabels, Gauge>,
+    archive_segments: Family<ClusterLabels, Gauge>,
+}
+
+impl BackupMetrics {
+    fn register(registry: &mut Registry) -> BackupMetrics {
+        let m = BackupMetrics {
+            last_success: Family::default(),
+            duration: Family::default(),
+            size: Family::default(),
+            failures: Family::default(),
+            segments_archived: Family::default(),
+            archived_bytes: Family::default(),
+            recovery_point: Family::default(),
+            archive_lag: Family::default(),
+            archive_gaps: Family::default(),
+            archive_segments: Family::default(),
+        };
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the newest complete backup of each kind finished (Unix seconds)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "How long the last backup of each kind took",
+            m.duration.clone(),
+        );
+        registry.register(
+            "backup_size_bytes",
+            "Bytes stored by the last backup of each kind",
+            m.size.clone(),
+        );
+        registry.register("backup_failures", "Backups that failed, by kind", m.failures.clone());
+        registry.register(
+            "binlog_archive_segments_written",
+            "Binlog segments this peer archived",
+            m.segments_archived.clone(),
+        );
+        registry.register(
+            "binlog_archive_bytes_written",
+            "Bytes of binlog segments this peer stored",
+            m.archived_bytes.clone(),
+        );
+        registry.register(
+            "binlog_archive_recovery_point_seconds",
+            "From the newest archived transaction's commit to its segment being stored (this peer's archiver)",
+            m.recovery_point.clone(),
+        );
+        registry.register(
+            "binlog_archive_lag_seconds",
+            "At least how far the archive is behind the master (the leader's upkeep; 0 when caught up)",
+            m.archive_lag.clone(),
+        );
+        registry.register(
+            "binlog_archive_gaps",
+            "Gaps in the binlog archive (the leader's upkeep)",
+            m.archive_gaps.clone(),
+        );
+        registry.register(
+            "binlog_archive_segments",
+            "Segments in the binlog archive (the leader's upkeep)",
+            m.archive_segments.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -139,7 +224,9 @@ impl Metrics {
             "DynamoDB mirror writes by item and outcome (written, rejected, error)",
             aws_mirror_writes.clone(),
         );
+        let backup = BackupMetrics::register(&mut registry);
         Self {
+            backup,
             aws_call_errors,
             aws_reconcile_lag,
             aws_write_group_converge,
@@ -179,6 +266,50 @@ impl Metrics {
     /// One DynamoDB mirror write of `item` ended in `outcome`.
     pub fn aws_mirror_write(&self, item: &'static str, outcome: &'static str) {
         self.aws_mirror_writes.get_or_create(&MirrorLabels { item, outcome }).inc();
+    }
+
+    /// A backup of `kind` ended.
+    pub fn backup_finished(&self, cluster: &str, kind: &str, ok: bool, duration_ms: i64, stored_bytes: u64) {
+        let labels = BackupLabels { cluster: cluster.to_string(), kind: kind.to_string() };
+        if ok {
+            self.backup.last_success.get_or_create(&labels).set(crate::unix_millis_now() / 1000);
+            self.backup.duration.get_or_create(&labels).set(duration_ms as f64 / 1000.0);
+            self.backup.size.get_or_create(&labels).set(stored_bytes as i64);
+        } else {
+            self.backup.failures.get_or_create(&labels).inc();
+        }
+    }
+
+    /// This peer's archiver stored a segment whose newest transaction committed at
+    /// `last_commit_micros`.
+    pub fn binlog_segment_archived(&self, cluster: &str, stored_bytes: u64, last_commit_micros: i64) {
+        let labels = ClusterLabels { cluster: cluster.to_string() };
+        self.backup.segments_archived.get_or_create(&labels).inc();
+        self.backup.archived_bytes.get_or_create(&labels).inc_by(stored_bytes);
+        let point = (crate::unix_millis_now() * 1000 - last_commit_micros) as f64 / 1e6;
+        self.backup.recovery_point.get_or_create(&labels).set(point.max(0.0));
+    }
+
+    /// What the leader's upkeep read from the catalog.
+    pub fn backup_catalog(
+        &self,
+        cluster: &str,
+        last_full_ms: Option<i64>,
+        last_incremental_ms: Option<i64>,
+        gaps: usize,
+        segments: usize,
+        archive_lag_s: Option<i64>,
+    ) {
+        for (kind, at) in [("full", last_full_ms), ("incremental", last_incremental_ms)] {
+            if let Some(at) = at {
+                let labels = BackupLabels { cluster: cluster.to_string(), kind: kind.into() };
+                self.backup.last_success.get_or_create(&labels).set(at / 1000);
+            }
+        }
+        let labels = ClusterLabels { cluster: cluster.to_string() };
+        self.backup.archive_gaps.get_or_create(&labels).set(gaps as i64);
+        self.backup.archive_segments.get_or_create(&labels).set(segments as i64);
+        self.backup.archive_lag.get_or_create(&labels).set(archive_lag_s.unwrap_or(0));
     }
 
     /// Raft gauges; `heartbeat_age_s` is `None` before any contact.

@@ -157,6 +157,8 @@ pub mod node_tags {
     pub const READ_TARGET_GROUP: &str = "orchestrator:read-target-group";
     pub const FLAVOR: &str = "orchestrator:flavor";
     pub const SERVER_VERSION: &str = "orchestrator:server-version";
+    /// How long the peers keep backups (`backup_retention_weeks`, in days).
+    pub const BACKUP_RETENTION_DAYS: &str = "orchestrator:backup-retention-days";
 }
 
 fn own_tags(spec: &ClusterSpec, component: &str) -> BTreeMap<String, String> {
@@ -191,6 +193,7 @@ pub fn node_facts(spec: &ClusterSpec) -> BTreeMap<String, String> {
         (node_tags::READ_TARGET_GROUP.to_string(), n.read_target_group.clone()),
         (node_tags::FLAVOR.to_string(), spec.flavor.as_str().to_string()),
         (node_tags::SERVER_VERSION.to_string(), spec.server_version.clone()),
+        (node_tags::BACKUP_RETENTION_DAYS.to_string(), (spec.backup_retention_weeks * 7).to_string()),
     ]);
     if spec.uses_instance_store() {
         facts.insert(node_tags::LUKS_SECRET.to_string(), n.luks_secret.clone());
@@ -258,14 +261,13 @@ fn target_group(spec: &ClusterSpec, name: &str, path: &str) -> Resource {
     }
 }
 
-/// The backup bucket's lifecycle rules, one per line of the attribute.
-pub fn lifecycle_rules(spec: &ClusterSpec) -> Vec<(String, String, u32)> {
-    let days = spec.backup_retention_weeks * 7;
-    let id = &spec.cluster_id;
-    ["full", "incremental", "binlogs"]
-        .iter()
-        .map(|kind| (format!("expire-{kind}"), format!("{id}/{kind}/"), days))
-        .collect()
+/// The backup bucket's lifecycle rules that expire current objects: none. The peers'
+/// retention (`backup_retention_weeks`, handed to them as an instance tag) deletes
+/// backups and archived binary logs knowing which a kept backup still needs; an age
+/// rule would delete a full backup its kept incrementals need, or the last backups
+/// when new ones stop. Only what the peers deleted goes by age (noncurrent versions).
+pub fn lifecycle_rules(_spec: &ClusterSpec) -> Vec<(String, String, u32)> {
+    Vec::new()
 }
 
 /// Everything the cluster should have, in creation order.
@@ -480,14 +482,10 @@ mod tests {
         }
         assert_eq!(asg.attr("subnets"), "subnet-a, subnet-b");
         let bucket = find(&all, Kind::Bucket, "percona-orders-backups");
-        assert_eq!(
-            bucket.list("lifecycle"),
-            [
-                "noncurrent versions after 7 days",
-                "orders/binlogs/ after 14 days",
-                "orders/full/ after 14 days",
-                "orders/incremental/ after 14 days",
-            ]
-        );
+        // Current objects are the peers' retention's (it knows the chains); the
+        // bucket expires only what they deleted.
+        assert_eq!(bucket.list("lifecycle"), ["noncurrent versions after 7 days"]);
+        let lt = find(&all, Kind::LaunchTemplate, "orders-node");
+        assert!(lt.attr("instance_tags").contains("orchestrator:backup-retention-days=14"));
     }
 }

@@ -11,8 +11,11 @@ const NODE_SIDE: &[&str] = &["orchestrator/src", "provisioner/src/bootstrap"];
 
 /// Calls IAM authorizes as other actions: a DynamoDB transaction needs the action of
 /// each of its items.
-const AUTHORIZED_AS: &[(&str, &[&str])] =
-    &[("dynamodb:TransactWriteItems", &["dynamodb:PutItem", "dynamodb:ConditionCheckItem"])];
+const AUTHORIZED_AS: &[(&str, &[&str])] = &[
+    ("dynamodb:TransactWriteItems", &["dynamodb:PutItem", "dynamodb:ConditionCheckItem"]),
+    ("s3:ListObjectsV2", &["s3:ListBucket"]),
+    ("s3:DeleteObjects", &["s3:DeleteObject"]),
+];
 
 /// Our client field names and the IAM service prefix of each.
 const CLIENTS: &[(&str, &str)] = &[
@@ -56,7 +59,10 @@ fn operations_called(source: &str) -> BTreeSet<String> {
         let mut rest = flat.as_str();
         while let Some(at) = rest.find(&needle) {
             rest = &rest[at + needle.len()..];
-            let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
             // `.clone()` copies a client; it calls nothing.
             if !name.is_empty() && name != "clone" && rest[name.len()..].starts_with("()") {
                 let call = format!("{service}:{}", camel(&name));

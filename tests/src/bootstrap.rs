@@ -38,6 +38,12 @@ interval_ms = 300
 remove_after_s = 2
 replace_after_s = 6
 leave_timeout_s = 60
+
+# Backups only when asked (`orchctl backup create`), the archive flushed every 2 s.
+[backup]
+full_every_s = 0
+incremental_every_s = 0
+binlog_flush_s = 2
 "#;
 
 /// `membership.replace_after_s` in [`SITE_CONFIG`].
@@ -306,6 +312,40 @@ impl BootstrapBed {
             bail!("GET {url}: {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// POST to an API path on host `i`'s peer with the provisioner-made admin token.
+    pub async fn api_post(&self, i: usize, path: &str) -> anyhow::Result<serde_json::Value> {
+        let token = self.admin_token().await?;
+        let url = format!("http://{}:3000{path}", self.hosts[i - 1]);
+        let resp = reqwest::Client::new().post(&url).bearer_auth(token).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            bail!("POST {url}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Takes a full backup through host `i`'s peer and waits until it ends; returns its job.
+    pub async fn full_backup(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        let cluster = &self.resources.cluster_id;
+        let job = self.api_post(i, &format!("/api/backups/{cluster}?kind=full")).await?;
+        let id = job["id"].as_str().context("a job id")?.to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = self.api(i, &format!("/api/backup-jobs/{id}")).await?;
+            if job["ended_unix_ms"].as_i64().unwrap_or(0) > 0 {
+                if job["status"] != "succeeded" {
+                    bail!("the backup failed: {job}");
+                }
+                return Ok(job);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the backup did not end in 120 s: {job}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The Raft members host `i`'s peer reports: (voters, learners) as host addresses.

@@ -30,6 +30,8 @@ pub const REPL_USER: &str = "repl";
 pub const REPL_PASSWORD: &str = "repl-pass";
 pub const APP_USER: &str = "app";
 pub const APP_PASSWORD: &str = "app-pass";
+pub const BACKUP_USER: &str = "backup";
+pub const BACKUP_PASSWORD: &str = "backup-pass";
 /// The table the orchestrator writes to, as the application, to verify a promotion.
 pub const WRITE_CHECK_TABLE: &str = "app.orchestrator_write_check";
 
@@ -313,6 +315,8 @@ impl DbServer {
             MysqlServerConfig::small(flavor.server_flavor(), server_id, host, 3306, base.to_path_buf());
         cfg.read_only = !writable;
         cfg.os_user = Some("root".into());
+        // Backups of MySQL copy with the clone plugin.
+        cfg.clone_plugin = flavor == Flavor::Mysql;
         std::fs::create_dir_all(&cfg.run_dir)?;
         std::fs::create_dir_all(&cfg.tmp_dir)?;
         let config_file = base.join("my.cnf");
@@ -373,14 +377,9 @@ impl DbServer {
 
     /// Starts the server and waits until it accepts connections.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        let cmd = match self.flavor {
-            Flavor::Mariadb => {
-                let mut cmd = Command::new(find_program("mariadbd")?);
-                cmd.arg(format!("--defaults-file={}", self.config_file.display()));
-                cmd
-            }
-            Flavor::Mysql => MysqlRoot::find()?.mysqld(&self.config_file),
-        };
+        let line = self.command_line()?;
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]);
         let program = self.program_name();
         let log = self.base.join(format!("{program}.out"));
         self.process = Some(ManagedChild::spawn(
@@ -482,6 +481,39 @@ impl DbServer {
     /// What this server has executed (`@@gtid_binlog_pos` / `@@gtid_executed`).
     pub async fn gtid_executed(&self) -> anyhow::Result<String> {
         Ok(self.scalar(self.flavor.gtid_executed_sql()).await?.unwrap_or_default())
+    }
+
+    /// The accounts the product expects (`orchestrator`, `repl`, `app`, `backup`) with
+    /// their least privileges, outside the binary log.
+    pub async fn create_users(&self) -> anyhow::Result<()> {
+        let f = self.flavor.server_flavor();
+        let mut users = vec!["SET sql_log_bin = 0".to_string()];
+        for (role, user, password) in [
+            (UserRole::Orchestrator, ORCH_USER, ORCH_PASSWORD),
+            (UserRole::Replication, REPL_USER, REPL_PASSWORD),
+            (UserRole::Application, APP_USER, APP_PASSWORD),
+            (UserRole::Backup, BACKUP_USER, BACKUP_PASSWORD),
+        ] {
+            users.extend(create_user_statements(f, role, user, password, "app"));
+        }
+        users.push("SET sql_log_bin = 1".into());
+        // super_read_only holds back account changes too: lifted meanwhile.
+        self.write_locally(&users.join("; ")).await
+    }
+
+    /// The command line that starts this server (program first).
+    pub fn command_line(&self) -> anyhow::Result<Vec<String>> {
+        let cmd = match self.flavor {
+            Flavor::Mariadb => {
+                let mut cmd = Command::new(find_program("mariadbd")?);
+                cmd.arg(format!("--defaults-file={}", self.config_file.display()));
+                cmd
+            }
+            Flavor::Mysql => MysqlRoot::find()?.mysqld(&self.config_file),
+        };
+        let mut line = vec![cmd.get_program().to_string_lossy().into_owned()];
+        line.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        Ok(line)
     }
 
     /// Runs `sql` as root on this server even when it is a read-only replica (an
@@ -611,20 +643,8 @@ impl DbCluster {
         let cluster = DbCluster { flavor, servers };
         // Users are created on every server outside the binlog: with semi-sync that
         // never falls back, a replicated commit before the replicas connect would wait.
-        let f = flavor.server_flavor();
-        let mut users = vec!["SET sql_log_bin = 0".to_string()];
-        for (role, user, password) in [
-            (UserRole::Orchestrator, ORCH_USER, ORCH_PASSWORD),
-            (UserRole::Replication, REPL_USER, REPL_PASSWORD),
-            (UserRole::Application, APP_USER, APP_PASSWORD),
-        ] {
-            users.extend(create_user_statements(f, role, user, password, "app"));
-        }
-        users.push("SET sql_log_bin = 1".into());
-        let users = users.join("; ");
         for s in &cluster.servers {
-            // super_read_only holds back account changes too: lifted meanwhile.
-            s.write_locally(&users).await?;
+            s.create_users().await?;
         }
         let master = &cluster.servers[0];
         for replica in &cluster.servers[1..] {

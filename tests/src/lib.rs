@@ -10,6 +10,8 @@
 //! - [`raft`] reads and writes the peers' Raft group through that API;
 //! - [`netfault`] cuts the network between hosts (`nft`);
 //! - [`aws`] runs `moto_server` and creates a cluster's AWS side in it;
+//! - [`backup`]: peers with backups on, restore hosts outside the cluster, a writer
+//!   that records when each write was acknowledged;
 //! - [`nlb`] is the NLB stand-in clients connect through;
 //! - [`TestBed`] puts databases and peers together for one test, [`AwsBed`] adds
 //!   moto, the AWS resources and the NLB stand-in. When a bed is dropped at the end
@@ -17,6 +19,7 @@
 //!   password the bed handed out: one found fails the test.
 
 pub mod aws;
+pub mod backup;
 pub mod bootstrap;
 pub mod ctl;
 pub mod db;
@@ -232,8 +235,20 @@ impl AwsBed {
         alias: &str,
         tune: impl FnOnce(&mut PeerGroupSpec),
     ) -> anyhow::Result<AwsBed> {
+        Self::start_with_spare(flavor, n, 0, alias, tune).await
+    }
+
+    /// As [`AwsBed::start`], with `spare` more hosts reserved after moto's
+    /// ([`AwsBed::spare_host`]).
+    pub async fn start_with_spare(
+        flavor: Flavor,
+        n: u8,
+        spare: u8,
+        alias: &str,
+        tune: impl FnOnce(&mut PeerGroupSpec),
+    ) -> anyhow::Result<AwsBed> {
         let started = Instant::now();
-        let hosts = HostBlock::reserve(n + 1)?;
+        let hosts = HostBlock::reserve(n + 1 + spare)?;
         let dir = test_dir("orch-aws-")?;
         let aws_host = hosts.host(n + 1);
         let moto =
@@ -257,6 +272,11 @@ impl AwsBed {
     /// The NLB's address (clients connect to port 3306 for writes, 3307 for reads).
     pub fn nlb_host(&self) -> &str {
         &self.nlb.host
+    }
+
+    /// Spare host `i` (1-based) of [`AwsBed::start_with_spare`].
+    pub fn spare_host(&self, i: u8) -> String {
+        self.bed.hosts.host(self.bed.cluster.servers.len() as u8 + 1 + i)
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::db::{
-    APP_PASSWORD, APP_USER, ORCH_PASSWORD, ORCH_USER, REPL_PASSWORD, REPL_USER, WRITE_CHECK_TABLE,
+    APP_PASSWORD, APP_USER, BACKUP_PASSWORD, ORCH_PASSWORD, ORCH_USER, REPL_PASSWORD, REPL_USER,
+    WRITE_CHECK_TABLE,
 };
 use crate::process::{Lifetime, ManagedChild};
 
@@ -340,7 +341,8 @@ pub fn peer_config(
     s += &match &spec.mysql_credentials_secret {
         None => format!(
             "[mysql]\nuser = \"{ORCH_USER}\"\npassword = \"{ORCH_PASSWORD}\"\n\
-             replication_user = \"{REPL_USER}\"\nreplication_password = \"{REPL_PASSWORD}\"\n\n\
+             replication_user = \"{REPL_USER}\"\nreplication_password = \"{REPL_PASSWORD}\"\n\
+             backup_password = \"{BACKUP_PASSWORD}\"\n\n\
              [mysql.write_check]\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\ntable = \"{WRITE_CHECK_TABLE}\"\n\n"
         ),
         Some(secret) => format!(
@@ -506,7 +508,7 @@ pub fn client_with_token(token: Option<&str>) -> reqwest::Client {
 
 /// Every secret the test bed gives the peers: none may appear in a peer's log.
 pub fn secrets() -> Vec<&'static str> {
-    vec![ADMIN_TOKEN, OPERATE_TOKEN, READ_TOKEN, ORCH_PASSWORD, REPL_PASSWORD, APP_PASSWORD]
+    vec![ADMIN_TOKEN, OPERATE_TOKEN, READ_TOKEN, ORCH_PASSWORD, REPL_PASSWORD, APP_PASSWORD, BACKUP_PASSWORD]
 }
 
 /// The first line of a peer's log holding one of `secrets` (with the file and line

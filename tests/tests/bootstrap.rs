@@ -1,6 +1,7 @@
 //! `provisioner bootstrap` end to end, on both flavors: hosts that start with nothing
 //! but their facts (and the cluster's AWS side in moto) become a replicating cluster
-//! with a Raft group, filled target groups and a `master_lock`; more hosts join; a
+//! with a Raft group, filled target groups and a `master_lock`; more hosts join (the
+//! first replicas copy a donor, the later ones seed from the latest backup); a
 //! rerun on a finished node changes nothing; an instance terminated in the Auto
 //! Scaling group leaves Raft. Two hosts racing on an empty table make exactly one
 //! master, also when the lock holder dies mid-bootstrap. Stopping the master host's
@@ -130,12 +131,22 @@ async fn three_bare_hosts_become_a_cluster_and_two_more_join(flavor: Flavor) {
     .await
     .expect("target groups: write = master, read = replicas");
 
+    // A full backup (of a replica), then more writes: the joiners seed from the backup
+    // and catch up from the master's binary log.
+    let backup = bed.full_backup(m).await.expect("a full backup");
+    eprintln!("backup: {}", backup["result"]);
+    let mut conn = bed.root(m).await.unwrap();
+    conn.query_drop("INSERT INTO app.t VALUES (20, 'after the backup')").await.unwrap();
+    drop(conn);
+
     // Two more join: five voters, both replicating with the first three's data.
     let (d, e) = tokio::join!(bed.bootstrap_ok(4), bed.bootstrap_ok(5));
-    d.expect("host 4");
-    e.expect("host 5");
+    for (host, out) in [(4, d.expect("host 4")), (5, e.expect("host 5"))] {
+        assert!(out.contains("seeded from backup full"), "host {host} seeds from the backup: {out}");
+    }
     for i in [4, 5] {
         wait_row(&bed, i, 1, "before the joiners").await;
+        wait_row(&bed, i, 20, "after the backup").await;
     }
     let mut conn = bed.root(m).await.unwrap();
     conn.query_drop("INSERT INTO app.t VALUES (2, 'after')").await.unwrap();

@@ -73,6 +73,13 @@ fn operation_reply(r: Reply) -> Result<Response<pb::OperationReply>, Status> {
     }
 }
 
+fn job_reply(r: Reply) -> Result<Response<pb::BackupJob>, Status> {
+    match r {
+        Reply::Job(j) => Ok(Response::new(j)),
+        _ => Err(Status::internal("unexpected answer")),
+    }
+}
+
 fn recovery_reply(r: Reply) -> Result<Response<pb::RecoveryReply>, Status> {
     match r {
         Reply::Recovery(o) => Ok(Response::new(o)),
@@ -81,6 +88,42 @@ fn recovery_reply(r: Reply) -> Result<Response<pb::RecoveryReply>, Status> {
 }
 
 // The request parsers: strict, pure, one line per refusal.
+
+pub fn create_backup_op(r: &pb::CreateBackupRequest) -> Result<Operation, OpError> {
+    Ok(Operation::CreateBackup {
+        cluster: parse::cluster("cluster", &r.cluster)?,
+        kind: parse::backup_kind("kind", &r.kind)?,
+        source: parse::optional_instance("source", &r.source)?,
+    })
+}
+
+pub fn delete_backup_op(r: &pb::DeleteBackupRequest) -> Result<Operation, OpError> {
+    Ok(Operation::DeleteBackup {
+        cluster: parse::cluster("cluster", &r.cluster)?,
+        id: parse::backup_id("id", &r.id)?,
+    })
+}
+
+pub fn verify_backup_op(r: &pb::VerifyBackupRequest) -> Result<Operation, OpError> {
+    Ok(Operation::VerifyBackup {
+        cluster: parse::cluster("cluster", &r.cluster)?,
+        id: parse::backup_id("id", &r.id)?,
+    })
+}
+
+pub fn restore_backup_op(r: &pb::RestoreBackupRequest) -> Result<Operation, OpError> {
+    let backup =
+        if r.backup_id.is_empty() { None } else { Some(parse::backup_id("backup_id", &r.backup_id)?) };
+    let to = if r.to.is_empty() { "latest" } else { r.to.as_str() };
+    Ok(Operation::RestoreBackup {
+        cluster: parse::cluster("cluster", &r.cluster)?,
+        target: parse::instance("target", &r.target)?,
+        point: crate::backup::restore::PointSpec::parse(to, r.exclusive)
+            .map_err(|e| OpError::InvalidArgument(format!("to: {e}")))?,
+        backup,
+        dry_run: r.dry_run,
+    })
+}
 
 pub fn discover_op(r: &pb::DiscoverRequest) -> Result<Operation, OpError> {
     Ok(Operation::Discover { instance: parse::instance("instance", &r.instance)? })
@@ -148,6 +191,7 @@ pub fn transfer_op(r: &pb::TransferLeadershipRequest) -> Result<Operation, OpErr
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::BackupJob, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Orchestrator for OrchestratorService {
@@ -368,6 +412,84 @@ impl Orchestrator for OrchestratorService {
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_backup(
+        &self,
+        r: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<pb::BackupJob>, Status> {
+        let caller = caller(&r)?;
+        job_reply(self.run(caller, create_backup_op(r.get_ref())).await?)
+    }
+
+    async fn list_backups(
+        &self,
+        r: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::BackupListing>, Status> {
+        caller(&r)?;
+        views::backups(&self.state, &r.get_ref().cluster).await.map(Response::new).map_err(status)
+    }
+
+    async fn verify_backup(
+        &self,
+        r: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::BackupJob>, Status> {
+        let caller = caller(&r)?;
+        job_reply(self.run(caller, verify_backup_op(r.get_ref())).await?)
+    }
+
+    async fn delete_backup(
+        &self,
+        r: Request<pb::DeleteBackupRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = caller(&r)?;
+        operation_reply(self.run(caller, delete_backup_op(r.get_ref())).await?)
+    }
+
+    async fn restore_backup(
+        &self,
+        r: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::BackupJob>, Status> {
+        let caller = caller(&r)?;
+        job_reply(self.run(caller, restore_backup_op(r.get_ref())).await?)
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        r: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        caller(&r)?;
+        let id = r.into_inner().id;
+        let first = self.state.ops.job(&id).await.map_err(status)?;
+        let permit = self.state.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("this peer already serves {} watchers", super::MAX_WATCHERS))
+        })?;
+        let ops = self.state.ops.clone();
+        // Every 250 ms while the job runs (forwarded when another peer runs it); the
+        // last state once it ended.
+        let stream = futures::stream::unfold(Some((first, permit, true)), move |state| {
+            let ops = ops.clone();
+            async move {
+                let (view, permit, fresh) = state?;
+                if fresh {
+                    let ended = view.ended_unix_ms > 0;
+                    let next = (!ended).then(|| (view.clone(), permit));
+                    return Some((Ok(super::pb::job(&view)), next.map(|(v, p)| (v, p, false))));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                match ops.job(&view.id).await {
+                    Ok(now) => {
+                        let ended = now.ended_unix_ms > 0;
+                        let item = Ok(super::pb::job(&now));
+                        Some((item, (!ended).then_some((now, permit, false))))
+                    }
+                    Err(e) => Some((Err(status(e)), None)),
+                }
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -78,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/problems", get(problems))
         .route("/api/replication-analysis", get(problems))
         .route("/api/aws", get(aws_status))
+        .route("/api/backups/{cluster}", get(backups).post(create_backup))
+        .route("/api/backup-jobs/{id}", get(backup_job))
         .route("/api/recoveries", get(recoveries))
         .route("/api/recoveries/{id}", get(recovery))
         .route("/api/last-recovery", get(last_recovery))
@@ -261,6 +263,11 @@ async fn run(state: &AppState, caller: Caller, operation: Result<Operation, OpEr
                 let failed = r.recovery.as_ref().is_some_and(|r| r.status != "succeeded");
                 let code = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
                 (code, Json(r)).into_response()
+            }
+            Reply::Job(j) => {
+                let code =
+                    if j.status == "failed" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                (code, Json(j)).into_response()
             }
         },
         Err(e) => ApiError::from(e).into_response(),
@@ -475,6 +482,48 @@ async fn instance(State(state): State<AppState>, Path((host, port)): Host) -> Ap
 async fn problems(State(state): State<AppState>) -> Response {
     match state.ops.problems().await {
         Ok(f) => Json(f).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// What the cluster's bucket holds (`orchctl backup list`).
+async fn backups(State(state): State<AppState>, Path(cluster): Path<String>) -> Response {
+    match super::views::backups(&state, &cluster).await {
+        Ok(listing) => Json(listing).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    source: String,
+}
+
+/// Takes a backup (`?kind=full|incremental&source=host:port`).
+async fn create_backup(
+    State(s): State<AppState>,
+    Extension(c): Extension<Caller>,
+    Path(cluster): Path<String>,
+    q: Result<Query<BackupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let op = query(q).and_then(|q| {
+        super::grpc::create_backup_op(&orch_proto::v1::CreateBackupRequest {
+            cluster,
+            kind: q.kind,
+            source: q.source,
+        })
+    });
+    run(&s, c, op).await
+}
+
+/// One backup job (forwarded to the peer running it).
+async fn backup_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.ops.job(&id).await {
+        Ok(j) => Json(super::pb::job(&j)).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -219,6 +219,60 @@ pub enum Reply {
     Operation(pb::OperationReply),
     Discover(pb::DiscoverReply),
     Recovery(pb::RecoveryReply),
+    Job(pb::BackupJob),
+}
+
+/// A backup job as the API shows it.
+pub fn job(j: &crate::backup::jobs::JobView) -> pb::BackupJob {
+    pb::BackupJob {
+        id: j.id.clone(),
+        kind: j.kind.clone(),
+        cluster: j.cluster.clone(),
+        instance: j.instance.clone(),
+        runner: j.runner,
+        runner_http: j.runner_http.clone(),
+        phase: j.phase.clone(),
+        bytes_done: j.bytes_done,
+        bytes_total: j.bytes_total,
+        stored_bytes: j.stored_bytes,
+        started_unix_ms: j.started_unix_ms,
+        ended_unix_ms: j.ended_unix_ms,
+        status: j.status.name().to_string(),
+        result: j.result.clone(),
+        backup_id: j.backup_id.clone(),
+        phases: j
+            .phases
+            .iter()
+            .map(|(name, at)| pb::JobPhase { name: name.clone(), started_unix_ms: *at })
+            .collect(),
+    }
+}
+
+/// One backup of `backup list`.
+pub fn backup_entry(row: &crate::backup::catalog::BackupRow) -> pb::BackupEntry {
+    let m = &row.manifest;
+    pb::BackupEntry {
+        id: m.id.clone(),
+        kind: m.kind.name().to_string(),
+        method: m.method.name().to_string(),
+        parent: m.parent.clone().unwrap_or_default(),
+        source: m.source.clone(),
+        flavor: m.flavor.clone(),
+        server_version: m.server_version.clone(),
+        gtid_executed: m.gtid_executed.to_string(),
+        started_unix_ms: m.started_at_ms,
+        duration_ms: m.duration_ms() as u64,
+        raw_bytes: m.raw_bytes,
+        stored_bytes: m.stored_bytes,
+        parts: m.parts.len() as u32,
+        chain_complete: row.chain_complete,
+        chain_problem: row.chain_problem.clone().unwrap_or_default(),
+        consistent_unix_ms: m.consistent_at_ms,
+        encrypted: m.encryption.is_some(),
+        staged_locally: m.staged_locally,
+        lsn_from: m.lsn.map(|l| l.from).unwrap_or(0),
+        lsn_to: m.lsn.map(|l| l.to).unwrap_or(0),
+    }
 }
 
 pub fn reply(r: &OpReply, state: &ClusterState, now_unix_ms: i64) -> Reply {
@@ -237,5 +291,6 @@ pub fn reply(r: &OpReply, state: &ClusterState, now_unix_ms: i64) -> Reply {
             Reply::Recovery(pb::RecoveryReply { plan: None, recovery: Some(recovery(r)) })
         }
         OpReply::Plan(p) => Reply::Recovery(pb::RecoveryReply { plan: Some(plan(p)), recovery: None }),
+        OpReply::Job(j) => Reply::Job(job(j)),
     }
 }

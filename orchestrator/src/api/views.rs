@@ -157,3 +157,39 @@ pub fn audit(s: &AppState, limit: u32) -> pb::ListAuditReply {
     });
     pb::ListAuditReply { entries, applied_index: applied }
 }
+
+/// What a cluster's bucket holds (read from S3 by this peer), with who takes a
+/// backup and who archives now (the two lock items).
+pub async fn backups(s: &AppState, cluster: &str) -> Result<pb::BackupListing, OpError> {
+    let cluster = parse::cluster("cluster", cluster)?;
+    let backups = s.ops.backups()?;
+    let c = backups.cluster(&cluster).map_err(OpError::from)?;
+    let catalog = backups.catalog(&cluster).await.map_err(OpError::from)?;
+    let listing = catalog.listing();
+    let now_s = unix_millis_now() / 1000;
+    let held = |lease: Option<crate::aws::lease::Lease>| lease.filter(|l| l.expires_at > now_s);
+    let running = held(c.backup_lock.read().await.map_err(|e| OpError::Failed(e.to_string()))?)
+        .map(|l| format!("{} (held by {})", l.detail, l.holder))
+        .unwrap_or_default();
+    let archiver = held(c.archive_lock.read().await.map_err(|e| OpError::Failed(e.to_string()))?);
+    Ok(pb::BackupListing {
+        cluster: cluster.clone(),
+        bucket: crate::backup::store::ObjectStore::bucket(c.store.as_ref()).to_string(),
+        backups: listing.backups.iter().map(conv::backup_entry).collect(),
+        incomplete: listing.incomplete.iter().map(|(k, id)| format!("{k} {id}")).collect(),
+        oldest_restorable_unix_ms: listing.oldest_restorable_ms.unwrap_or(0),
+        archive: Some(pb::BinlogArchive {
+            segments: listing.segments as u32,
+            stored_bytes: listing.archived_bytes,
+            latest_commit_unix_us: listing.latest_archived_micros.unwrap_or(0),
+            gaps: listing
+                .gaps
+                .iter()
+                .map(|g| pb::ArchiveGap { after_segment: g.after_seq, missing: g.missing.to_string() })
+                .collect(),
+            archiver: archiver.as_ref().map(|l| l.holder.clone()).unwrap_or_default(),
+            archiver_expires_unix_ms: archiver.map(|l| l.expires_at * 1000).unwrap_or(0),
+        }),
+        running,
+    })
+}

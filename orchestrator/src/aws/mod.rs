@@ -9,11 +9,13 @@
 //!   from the standard credential chain plus an optional `endpoint_url` (moto).
 //! - [`controller`]: the leader's loop that keeps AWS matching Raft, with bounded
 //!   backoff, never in the way of the MySQL side of a failover.
+//! - [`lease`]: fenced, renewed, expiring lock items (`bootstrap_lock`, `backup_lock`).
 //! - [`fleet`]: the loop that keeps the Raft members, scale-in protection and
 //!   instance health in step with the Auto Scaling group ([`crate::fleet`] decides).
 
 pub mod controller;
 pub mod fleet;
+pub mod lease;
 pub mod mirror;
 pub mod sdk;
 pub mod targets;

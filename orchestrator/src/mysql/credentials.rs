@@ -18,8 +18,10 @@ pub struct Passwords {
     pub replication: String,
     /// The application account of the write check.
     pub write_check: String,
-    /// The account a donor's backup runs as (`[donor] backup_user`).
+    /// The account backups (and a donor's copy) run as (`[donor] backup_user`).
     pub backup: String,
+    /// The account a restore replays binary logs as (`[backup] restore_user`).
+    pub root: String,
 }
 
 impl std::fmt::Debug for Passwords {
@@ -30,8 +32,8 @@ impl std::fmt::Debug for Passwords {
 
 impl Passwords {
     /// Every password, for scrubbing them out of messages.
-    pub fn all(&self) -> [&str; 4] {
-        [&self.orchestrator, &self.replication, &self.write_check, &self.backup]
+    pub fn all(&self) -> [&str; 5] {
+        [&self.orchestrator, &self.replication, &self.write_check, &self.backup, &self.root]
     }
 }
 
@@ -63,6 +65,7 @@ pub fn parse_secret(secret: &str, json: &str) -> Result<Passwords, CredentialsEr
         replication: text("replication").unwrap_or_default(),
         write_check: text("write_check").unwrap_or_default(),
         backup: text("backup").unwrap_or_default(),
+        root: text("root").unwrap_or_default(),
     })
 }
 

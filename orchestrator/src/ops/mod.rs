@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Scope};
 use crate::aws::controller::ClusterAwsStatus;
+use crate::backup::jobs::JobView;
+use crate::backup::manifest::BackupKind;
+use crate::backup::restore::{PointSpec, RestoreRequest};
+use crate::backup::service::{BackupRequest, BackupService};
+use crate::config::BackupSource;
 use crate::discovery::DiscoveryHandle;
 use crate::raft::{NodeId, PeerNode, RaftNode, WriteError};
 use crate::recovery::detector::{DryRun, Findings, ManualError, ManualRecovery, RecoveryService};
@@ -102,12 +107,43 @@ pub enum Operation {
         raft: String,
         http: String,
     },
+    /// Take a backup of `source` (by default the instance `[backup] source` names) on
+    /// its host's peer, under the `backup_lock`; `kind` `None`: an incremental when
+    /// one can be taken, else a full.
+    CreateBackup {
+        cluster: String,
+        kind: Option<BackupKind>,
+        source: Option<InstanceKey>,
+    },
+    /// Delete a backup (refused while another needs it as its parent).
+    DeleteBackup {
+        cluster: String,
+        id: String,
+    },
+    /// Check every part of a backup without restoring it (a job on this peer).
+    VerifyBackup {
+        cluster: String,
+        id: String,
+    },
+    /// Restore onto the empty server `target`, then replay the archive to `point`
+    /// (a job on the target host's peer).
+    RestoreBackup {
+        cluster: String,
+        target: InstanceKey,
+        point: PointSpec,
+        backup: Option<String>,
+        dry_run: bool,
+    },
 }
 
 /// Which peer runs an operation.
 enum RunsOn {
     Leader,
     Peer(NodeId),
+    /// The peer that receives it.
+    Here,
+    /// The peer on this host (the instance's).
+    Host(String),
 }
 
 impl Operation {
@@ -127,6 +163,10 @@ impl Operation {
             Operation::RemovePeer { .. } => "remove_raft_peer",
             Operation::TransferLeadership { .. } => "transfer_leadership",
             Operation::JoinPeer { .. } => "join_raft_peer",
+            Operation::CreateBackup { .. } => "create_backup",
+            Operation::DeleteBackup { .. } => "delete_backup",
+            Operation::VerifyBackup { .. } => "verify_backup",
+            Operation::RestoreBackup { .. } => "restore_backup",
         }
     }
 
@@ -137,7 +177,9 @@ impl Operation {
             | Operation::AcknowledgeRecovery { .. }
             | Operation::BeginDowntime { .. }
             | Operation::EndDowntime { .. }
-            | Operation::SetPromotionRule { .. } => Scope::Operate,
+            | Operation::SetPromotionRule { .. }
+            | Operation::CreateBackup { .. }
+            | Operation::VerifyBackup { .. } => Scope::Operate,
             Operation::Discover { .. }
             | Operation::Forget { .. }
             | Operation::ForcedFailover { .. }
@@ -145,7 +187,9 @@ impl Operation {
             | Operation::AddPeer { .. }
             | Operation::RemovePeer { .. }
             | Operation::TransferLeadership { .. }
-            | Operation::JoinPeer { .. } => Scope::Admin,
+            | Operation::JoinPeer { .. }
+            | Operation::DeleteBackup { .. }
+            | Operation::RestoreBackup { .. } => Scope::Admin,
         }
     }
 
@@ -153,13 +197,17 @@ impl Operation {
     pub fn is_dry_run(&self) -> bool {
         matches!(
             self,
-            Operation::Switchover { dry_run: true, .. } | Operation::ForcedFailover { dry_run: true, .. }
+            Operation::Switchover { dry_run: true, .. }
+                | Operation::ForcedFailover { dry_run: true, .. }
+                | Operation::RestoreBackup { dry_run: true, .. }
         )
     }
 
     fn runs_on(&self) -> RunsOn {
         match self {
             Operation::TransferLeadership { to } => RunsOn::Peer(*to),
+            Operation::VerifyBackup { .. } => RunsOn::Here,
+            Operation::RestoreBackup { target, .. } => RunsOn::Host(target.host.clone()),
             _ => RunsOn::Leader,
         }
     }
@@ -203,6 +251,22 @@ impl Operation {
             }
             Operation::RemovePeer { id } => put("id", id.to_string()),
             Operation::TransferLeadership { to } => put("to", to.to_string()),
+            Operation::CreateBackup { cluster, kind, source } => {
+                put("cluster", cluster.clone());
+                put("kind", kind.map(|k| k.name().to_string()).unwrap_or_else(|| "auto".into()));
+                put("source", show(source));
+            }
+            Operation::DeleteBackup { cluster, id } | Operation::VerifyBackup { cluster, id } => {
+                put("cluster", cluster.clone());
+                put("id", id.clone());
+            }
+            Operation::RestoreBackup { cluster, target, point, backup, dry_run } => {
+                put("cluster", cluster.clone());
+                put("target", target.to_string());
+                put("point", point.describe());
+                put("backup", backup.clone().unwrap_or_default());
+                put("dry_run", dry_run.to_string());
+            }
         }
         a
     }
@@ -295,6 +359,8 @@ pub enum OpReply {
     /// The recovery as Raft recorded it, steps included.
     Recovery(Box<RecoveryRecord>),
     Plan(PlanView),
+    /// Backup work started (or, for a dry run, already answered) on a peer.
+    Job(Box<JobView>),
 }
 
 impl OpReply {
@@ -309,6 +375,10 @@ impl OpReply {
                 (None, Some(why)) => format!("would be refused: {why}"),
                 (None, None) => "no plan".into(),
             },
+            OpReply::Job(j) if !j.result.is_empty() => j.result.clone(),
+            OpReply::Job(j) => {
+                format!("{} of {} started on peer {} (job {})", j.kind, j.instance, j.runner, j.id)
+            }
         }
     }
 
@@ -331,6 +401,10 @@ pub enum PeerRequest {
     Aws,
     /// Record an audit entry (from a peer that is not the leader).
     Audit(Box<AuditEntry>),
+    /// Start a backup of this peer's server (from the leader, after its checks).
+    StartBackup(BackupRequest),
+    /// One of this peer's jobs.
+    Job(String),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -340,6 +414,7 @@ pub enum PeerAnswer {
     Problems(Findings),
     Aws(Option<BTreeMap<String, ClusterAwsStatus>>),
     Audited,
+    Job(Box<JobView>),
 }
 
 /// At most one denied request per token and operation is recorded in this long: a
@@ -353,6 +428,11 @@ pub struct Operations {
     discovery: DiscoveryHandle,
     recovery: Arc<RecoveryService>,
     aws: Option<Arc<crate::aws::controller::AwsController<crate::aws::AwsClients>>>,
+    backups: Option<Arc<BackupService>>,
+    /// Which instance backups copy unless the operator names one.
+    backup_source: BackupSource,
+    /// The mysqld beside this peer.
+    local: Option<InstanceKey>,
     /// When a denied request of (token, operation) was last recorded.
     denied_recorded: Arc<std::sync::Mutex<BTreeMap<(String, &'static str), std::time::Instant>>>,
 }
@@ -363,8 +443,76 @@ impl Operations {
         discovery: DiscoveryHandle,
         recovery: Arc<RecoveryService>,
         aws: Option<Arc<crate::aws::controller::AwsController<crate::aws::AwsClients>>>,
+        backups: Option<Arc<BackupService>>,
+        config: &crate::config::Config,
     ) -> Self {
-        Self { node, discovery, recovery, aws, denied_recorded: Arc::default() }
+        Self {
+            node,
+            discovery,
+            recovery,
+            aws,
+            backups,
+            backup_source: config.backup.source().unwrap_or(BackupSource::Replica),
+            local: config.local_instance(),
+            denied_recorded: Arc::default(),
+        }
+    }
+
+    /// The downtime Raft records for `instance` now, if any (this peer's copy).
+    pub fn downtime_of(&self, instance: &InstanceKey) -> Option<crate::state::Downtime> {
+        self.node.with_state(|s| s.downtimes.get(instance).cloned())
+    }
+
+    /// Whether `instance` is the master of `cluster` as this peer sees it.
+    pub fn is_master(&self, cluster: &str, instance: &InstanceKey) -> bool {
+        self.discovery.store().cluster(cluster).is_some_and(|c| &c.master == instance)
+    }
+
+    /// The backup side, when backups are on.
+    pub fn backups(&self) -> Result<&Arc<BackupService>, OpError> {
+        self.backups.as_ref().ok_or_else(|| {
+            OpError::NotFound("backups are off on this peer (set [backup] enabled = true)".into())
+        })
+    }
+
+    /// A job of this peer, or of the peer that runs it (its id starts with the
+    /// runner's node id).
+    pub async fn job(&self, id: &str) -> Result<JobView, OpError> {
+        let runner: NodeId = id
+            .split('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| OpError::InvalidArgument(format!("`{id}` is not a job id")))?;
+        if runner == self.node.id {
+            let job =
+                self.backups()?.jobs.get(id).ok_or_else(|| OpError::NotFound(format!("no job {id}")))?;
+            return Ok(job.view());
+        }
+        match self.ask(runner, &PeerRequest::Job(id.to_string())).await? {
+            PeerAnswer::Job(j) => Ok(*j),
+            _ => Err(OpError::Failed(format!("peer {runner} gave an answer of the wrong kind"))),
+        }
+    }
+
+    /// The peer whose host is `host` (its Raft address's host).
+    fn peer_on_host(&self, host: &str) -> Option<NodeId> {
+        self.node
+            .status()
+            .members
+            .iter()
+            .find(|m| crate::raft::service::host_of(&m.raft) == Some(host))
+            .map(|m| m.id)
+    }
+
+    /// [`Operations::run`] as a boxed future, for code that `run` itself reaches (the
+    /// backup side's downtimes): the box keeps the future types from referring to
+    /// themselves.
+    pub fn run_boxed<'a>(
+        &'a self,
+        caller: &'a Caller,
+        operation: Operation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<OpReply, OpError>> + Send + 'a>> {
+        Box::pin(self.run(caller, operation))
     }
 
     /// Checks, routes, runs and audits `operation` for `caller`.
@@ -389,6 +537,20 @@ impl Operations {
                 return Err(e);
             }
             RunsOn::Peer(id) => Some(id),
+            RunsOn::Here => None,
+            RunsOn::Host(host) if self.local.as_ref().is_some_and(|l| l.host == host) => None,
+            RunsOn::Host(host) => match self.peer_on_host(&host) {
+                Some(id) if id == self.node.id => None,
+                Some(id) => Some(id),
+                None => {
+                    let e = OpError::NotFound(format!(
+                        "no orchestrator peer runs on {host}: {} runs on the instance's host",
+                        operation.name()
+                    ));
+                    self.audit(caller, &operation, &Err(e.clone())).await;
+                    return Err(e);
+                }
+            },
         };
         match target {
             None => self.run_here(caller, operation).await,
@@ -451,12 +613,25 @@ impl Operations {
     /// The leader's latest analysis (asked of the leader by a follower).
     pub async fn problems(&self) -> Result<Findings, OpError> {
         if self.node.is_leader() {
-            return Ok(self.recovery.findings());
+            return Ok(self.findings());
         }
         match self.ask_leader(&PeerRequest::Problems).await? {
             PeerAnswer::Problems(f) => Ok(f),
             _ => Err(OpError::Failed("the leader gave an answer of the wrong kind".into())),
         }
+    }
+
+    /// The analysis with the backup side's problems (archive gaps, lag, failures).
+    fn findings(&self) -> Findings {
+        let mut findings = self.recovery.findings();
+        if let Some(b) = &self.backups {
+            for (cluster, problem) in b.problems() {
+                let list = findings.problems.entry(cluster).or_default();
+                list.push(problem);
+                list.sort_by_key(|p| (p.priority, p.code.to_string()));
+            }
+        }
+        findings
     }
 
     /// The leader's AWS view; `None` when no cluster has `[clusters.aws]`.
@@ -487,19 +662,32 @@ impl Operations {
                             self.node.id
                         )))
                     }
+                    RunsOn::Host(host) if self.local.as_ref().is_none_or(|l| l.host != host) => {
+                        return Err(OpError::Unavailable(format!(
+                            "peer {} does not run on {host}; nothing was done",
+                            self.node.id
+                        )))
+                    }
                     _ => {}
                 }
                 self.run_here(&caller, operation).await.map(PeerAnswer::Operation)
             }
-            PeerRequest::Problems if self.node.is_leader() => {
-                Ok(PeerAnswer::Problems(self.recovery.findings()))
-            }
+            PeerRequest::Problems if self.node.is_leader() => Ok(PeerAnswer::Problems(self.findings())),
             PeerRequest::Aws if self.node.is_leader() => {
                 Ok(PeerAnswer::Aws(self.aws.as_ref().map(|a| a.status())))
             }
             PeerRequest::Audit(entry) => {
                 self.node.write(Command::RecordAudit { entry: *entry }).await?;
                 Ok(PeerAnswer::Audited)
+            }
+            PeerRequest::StartBackup(request) => {
+                let view = self.backups()?.start_backup(request).await.map_err(OpError::from)?;
+                Ok(PeerAnswer::Job(Box::new(view)))
+            }
+            PeerRequest::Job(id) => {
+                let job =
+                    self.backups()?.jobs.get(&id).ok_or_else(|| OpError::NotFound(format!("no job {id}")))?;
+                Ok(PeerAnswer::Job(Box::new(job.view())))
             }
             PeerRequest::Problems | PeerRequest::Aws => {
                 Err(OpError::Unavailable(format!("peer {} is not the Raft leader any more", self.node.id)))
@@ -751,6 +939,83 @@ impl Operations {
                 }
                 let i = self.node.remove_peer(*id).await?;
                 Ok(Self::done(i, format!("peer {id} removed"), String::new()))
+            }
+            Operation::CreateBackup { cluster, kind, source } => {
+                let backups = self.backups()?;
+                backups.cluster(cluster).map_err(OpError::from)?;
+                let snapshot = self
+                    .discovery
+                    .store()
+                    .cluster(cluster)
+                    .ok_or_else(|| OpError::NotFound(format!("no cluster {cluster}")))?;
+                let wanted = match source {
+                    Some(k) => BackupSource::Instance(k.clone()),
+                    None => self.backup_source.clone(),
+                };
+                let members = self.node.status().members;
+                let peer_hosts = members
+                    .iter()
+                    .filter_map(|m| crate::raft::service::host_of(&m.raft).map(str::to_string))
+                    .collect();
+                let (downtimes, rules) =
+                    self.node.with_state(|s| (s.downtimes.clone(), s.promotion_rules.clone()));
+                // Where the incremental chain is (unknown when the catalog cannot be
+                // read now: any fit replica then).
+                let chain_source: Option<InstanceKey> = match backups.catalog(cluster).await {
+                    Ok(c) => crate::backup::catalog::newest_incremental_base(&c.manifests)
+                        .and_then(|m| m.source.parse().ok()),
+                    Err(_) => None,
+                };
+                let facts = crate::backup::source::SourceFacts {
+                    chain_source: chain_source.as_ref(),
+                    downtimes: &downtimes,
+                    rules: &rules,
+                    peer_hosts: &peer_hosts,
+                    now_ms: crate::unix_millis_now(),
+                    backup_owner: crate::backup::service::BACKUP_IDENTITY,
+                };
+                let chosen = crate::backup::source::choose_source(&snapshot, &wanted, &facts)
+                    .map_err(OpError::Refused)?;
+                let request = BackupRequest {
+                    cluster: cluster.clone(),
+                    kind: *kind,
+                    source: chosen.clone(),
+                    requested_by: who.clone(),
+                };
+                let view = match self.peer_on_host(&chosen.host) {
+                    Some(id) if id != self.node.id => {
+                        match self.ask(id, &PeerRequest::StartBackup(request)).await? {
+                            PeerAnswer::Job(j) => *j,
+                            _ => {
+                                return Err(OpError::Failed(format!(
+                                    "peer {id} gave an answer of the wrong kind"
+                                )))
+                            }
+                        }
+                    }
+                    _ => backups.start_backup(request).await.map_err(OpError::from)?,
+                };
+                Ok(OpReply::Job(Box::new(view)))
+            }
+            Operation::DeleteBackup { cluster, id } => {
+                let message = self.backups()?.delete(cluster, id).await.map_err(OpError::from)?;
+                Ok(Self::done(0, message, String::new()))
+            }
+            Operation::VerifyBackup { cluster, id } => {
+                let view = self.backups()?.start_verify(cluster, id).await.map_err(OpError::from)?;
+                Ok(OpReply::Job(Box::new(view)))
+            }
+            Operation::RestoreBackup { cluster, target, point, backup, dry_run } => {
+                let request = RestoreRequest {
+                    cluster: cluster.clone(),
+                    target: target.clone(),
+                    point: point.clone(),
+                    backup: backup.clone(),
+                    dry_run: *dry_run,
+                    requested_by: who.clone(),
+                };
+                let view = self.backups()?.start_restore(request).await.map_err(OpError::from)?;
+                Ok(OpReply::Job(Box::new(view)))
             }
             Operation::TransferLeadership { to } => {
                 let members = self.node.status().members;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::OpError;
+use super::{one_line, OpError};
 use crate::state::PromotionRule;
 use crate::topology::InstanceKey;
 
@@ -138,6 +138,31 @@ pub fn flag(field: &str, value: &str) -> Result<bool, OpError> {
     }
 }
 
+/// `full`, `incremental`, or empty (`None`: the peers decide).
+pub fn backup_kind(field: &str, v: &str) -> Result<Option<crate::backup::manifest::BackupKind>, OpError> {
+    use crate::backup::manifest::BackupKind;
+    match v {
+        "" | "auto" => Ok(None),
+        "full" => Ok(Some(BackupKind::Full)),
+        "incremental" => Ok(Some(BackupKind::Incremental)),
+        other => Err(OpError::InvalidArgument(format!(
+            "{field}: `{}` is not full or incremental",
+            one_line(other, 40)
+        ))),
+    }
+}
+
+/// A backup id as the peers make them (`20261204T185048Z`).
+pub fn backup_id(field: &str, v: &str) -> Result<String, OpError> {
+    if crate::backup::manifest::backup_id_time(v).is_none() {
+        return Err(OpError::InvalidArgument(format!(
+            "{field}: `{}` is not a backup id (like 20261204T185048Z)",
+            one_line(v, 40)
+        )));
+    }
+    Ok(v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +177,18 @@ mod tests {
         for bad in ["", "0", "500ms", "-1", "1y", "10 parsecs", "99999999999999999999999", "31d"] {
             let e = duration("duration", bad).unwrap_err().to_string();
             assert!(e.starts_with("duration: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn backup_kinds_and_ids() {
+        use crate::backup::manifest::BackupKind;
+        assert_eq!(backup_kind("kind", "").unwrap(), None);
+        assert_eq!(backup_kind("kind", "incremental").unwrap(), Some(BackupKind::Incremental));
+        assert!(backup_kind("kind", "differential").unwrap_err().to_string().contains("`differential`"));
+        assert_eq!(backup_id("id", "20261204T185048Z").unwrap(), "20261204T185048Z");
+        for bad in ["", "latest", "2026-12-04", "20261304T185048Z", "../../etc"] {
+            assert!(backup_id("id", bad).is_err(), "{bad}");
         }
     }
 

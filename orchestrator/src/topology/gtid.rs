@@ -648,6 +648,39 @@ impl GtidSet {
         Ok(())
     }
 
+    /// Adds transaction `number` of `source`. For a MariaDB domain, `server_id` becomes
+    /// the domain's when the transaction is its highest.
+    pub fn add(&mut self, source: GtidSource, number: u64, server_id: Option<u32>) {
+        if number == 0 {
+            return;
+        }
+        if let (GtidSource::Domain(d), Some(sid)) = (&source, server_id) {
+            if self.domain_position(*d).is_none_or(|max| max <= number) {
+                self.server_ids.insert(*d, sid);
+            }
+        }
+        self.insert_interval(source, (number, number));
+    }
+
+    /// Adds transactions `lo..=hi` of `source` (numbers start at 1).
+    pub fn add_range(&mut self, source: GtidSource, lo: u64, hi: u64) {
+        let previous = match &source {
+            GtidSource::Domain(d) => self.domain_position(*d),
+            _ => None,
+        };
+        self.insert_interval(source.clone(), (lo.max(1), hi));
+        if let GtidSource::Domain(d) = source {
+            if self.domain_position(d) != previous {
+                self.server_ids.remove(&d);
+            }
+        }
+    }
+
+    /// Whether transaction `number` of `source` is in the set.
+    pub fn contains(&self, source: &GtidSource, number: u64) -> bool {
+        self.sets.get(source).is_some_and(|ivs| ivs.contains(number))
+    }
+
     /// True when the set holds no transaction.
     pub fn is_empty(&self) -> bool {
         self.sets.is_empty()

@@ -1,5 +1,5 @@
-//! The bootstrap's decisions, pure: the node's ids from its address, the bootstrap
-//! lock's rules, first master or replica, the donor to copy from, the GTID position a
+//! The bootstrap's decisions, pure: the node's ids from its address, first master or
+//! replica, the donor to copy from, the GTID position a
 //! MariaDB backup recorded, and the peer's configuration.
 
 use std::net::Ipv4Addr;
@@ -15,37 +15,6 @@ pub fn node_id(ip: Ipv4Addr) -> u64 {
 /// The MySQL `server_id` of the node at `ip` (unique in the VPC, never 0).
 pub fn server_id(ip: Ipv4Addr) -> u32 {
     u32::from(ip).max(1)
-}
-
-/// The `bootstrap_lock` item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapLock {
-    /// The instance id bootstrapping.
-    pub holder: String,
-    /// The fencing token: one more than the lock's previous holder's.
-    pub token: u64,
-    pub started_at: i64,
-    /// Unix seconds; the lock is free after this (the holder renews well before).
-    pub expires_at: i64,
-}
-
-/// What a node may do with the lock as it finds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockAccess {
-    /// Free (never taken, released, or expired): take it with this token.
-    Take { token: u64 },
-    /// Another node holds it.
-    Held { by: String, since: i64, until: i64 },
-}
-
-/// The lock as found at `now` for `me`. A lock of this same instance from an earlier
-/// run that died is taken again with a new token, so that run's fence is void.
-pub fn lock_access(found: Option<&BootstrapLock>, me: &str, now: i64) -> LockAccess {
-    match found {
-        None => LockAccess::Take { token: 1 },
-        Some(l) if l.expires_at <= now || l.holder == me => LockAccess::Take { token: l.token + 1 },
-        Some(l) => LockAccess::Held { by: l.holder.clone(), since: l.started_at, until: l.expires_at },
-    }
 }
 
 /// The `master_lock` as the bootstrap reads it.
@@ -158,24 +127,6 @@ pub fn merge_toml(base: &mut toml::Table, overlay: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lock(holder: &str, token: u64, expires_at: i64) -> BootstrapLock {
-        BootstrapLock { holder: holder.into(), token, started_at: 0, expires_at }
-    }
-
-    #[test]
-    fn the_lock_is_taken_when_free_expired_or_our_own_and_the_token_always_grows() {
-        let table = [
-            (None, LockAccess::Take { token: 1 }),
-            (Some(lock("i-b", 4, 200)), LockAccess::Held { by: "i-b".into(), since: 0, until: 200 }),
-            (Some(lock("i-b", 4, 100)), LockAccess::Take { token: 5 }),
-            (Some(lock("i-b", 4, 99)), LockAccess::Take { token: 5 }),
-            (Some(lock("i-a", 7, 500)), LockAccess::Take { token: 8 }),
-        ];
-        for (found, want) in table {
-            assert_eq!(lock_access(found.as_ref(), "i-a", 100), want, "{found:?}");
-        }
-    }
 
     #[test]
     fn the_role_follows_the_master_lock() {

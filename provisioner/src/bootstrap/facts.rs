@@ -76,6 +76,9 @@ pub struct NodeFacts {
     /// tag where metadata shows it).
     #[serde(default)]
     pub auto_scaling_group: Option<String>,
+    /// How long the peers keep backups (the spec's `backup_retention_weeks`).
+    #[serde(default)]
+    pub backup_retention_days: Option<u64>,
     #[serde(default)]
     pub layout: LayoutConfig,
     #[serde(default)]
@@ -196,6 +199,7 @@ impl NodeFacts {
             write_target_group: Some(tag(node_tags::WRITE_TARGET_GROUP)?),
             read_target_group: Some(tag(node_tags::READ_TARGET_GROUP)?),
             auto_scaling_group: tags.get(AUTO_SCALING_GROUP_TAG).cloned(),
+            backup_retention_days: tags.get(node_tags::BACKUP_RETENTION_DAYS).and_then(|d| d.parse().ok()),
             layout: LayoutConfig::default(),
             programs: ProgramsConfig::default(),
         };

@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::cloud::clients::Clients;
-use decide::{decide_role, donors, lock_access, BootstrapLock, LockAccess, Role};
+use decide::{decide_role, donors, Role};
 use facts::NodeFacts;
-use lock::{unix_now, BootstrapTable, HeldLock};
+use lock::BootstrapTable;
+use orchestrator::aws::lease::{lease_access, unix_now, HeldLease, Lease, LeaseAccess};
 use server::Server;
 use services::Services;
 
@@ -192,10 +193,11 @@ pub async fn run(facts: &NodeFacts, clients: &Clients) -> anyhow::Result<()> {
     )
     .await;
     let lock = held.stop().await;
+    let lock_table = table.lock();
     match result {
         Ok(()) => {
             progress.step("finish");
-            table.release(&lock).await?;
+            lock_table.release(&lock).await?;
             progress.did(format!("released the bootstrap lock (token {})", lock.token));
             std::fs::write(
                 layout.done_marker(),
@@ -207,7 +209,7 @@ pub async fn run(facts: &NodeFacts, clients: &Clients) -> anyhow::Result<()> {
         Err(e) => {
             // The lock is released so another node need not wait out the lease; what
             // this run did stays and a rerun continues from it.
-            let _ = table.release(&lock).await;
+            let _ = lock_table.release(&lock).await;
             Err(e)
         }
     }
@@ -219,20 +221,22 @@ async fn acquire(
     me: &str,
     lease: Duration,
     progress: &Progress,
-) -> anyhow::Result<HeldLock> {
+) -> anyhow::Result<HeldLease> {
+    let lock = table.lock();
     let mut waited_for: Option<String> = None;
     loop {
-        let found = table.read_lock().await?;
+        let found = lock.read().await?;
         let now = unix_now();
-        match lock_access(found.as_ref(), me, now) {
-            LockAccess::Take { token } => {
-                let lock = BootstrapLock {
+        match lease_access(found.as_ref(), me, now) {
+            LeaseAccess::Take { token } => {
+                let taken = Lease {
                     holder: me.to_string(),
                     token,
                     started_at: now,
                     expires_at: now + lease.as_secs() as i64,
+                    detail: String::new(),
                 };
-                if table.take(&lock, found.as_ref()).await? {
+                if lock.take(&taken, found.as_ref()).await? {
                     match &found {
                         Some(f) if f.holder == me && f.expires_at > 0 => progress.did(format!(
                             "took the lock (token {token}) again from an earlier run of this node"
@@ -243,10 +247,10 @@ async fn acquire(
                         )),
                         _ => progress.did(format!("took the lock (token {token})")),
                     }
-                    return Ok(HeldLock::start(table.clone(), lock, lease));
+                    return Ok(HeldLease::start(lock, taken, lease));
                 }
             }
-            LockAccess::Held { by, since, until } => {
+            LeaseAccess::Held { by, since, until, .. } => {
                 if waited_for.as_deref() != Some(by.as_str()) {
                     progress.did(format!(
                         "waiting: {by} has been bootstrapping for {} s (its lock runs to unix {until})",
@@ -268,7 +272,7 @@ async fn bootstrap_under_lock(
     passwords: &Passwords,
     root_password: &str,
     table: &BootstrapTable,
-    held: &HeldLock,
+    held: &HeldLease,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let layout = facts.layout();
@@ -290,7 +294,7 @@ async fn bootstrap_under_lock(
             }
             held.check()?;
             if role == Role::FirstMaster {
-                if !table.claim_master(&held.lock, &me).await? {
+                if !table.claim_master(&held.lease, &me).await? {
                     held.check()?;
                     bail!("another node recorded a master while this one held the lock: run the bootstrap again");
                 }
@@ -333,6 +337,7 @@ async fn bootstrap_under_lock(
         ),
         None => None,
     };
+    let control = server.services.control_commands(&server.service())?;
     let settings = peer::PeerSettings {
         facts,
         members,
@@ -343,6 +348,9 @@ async fn bootstrap_under_lock(
         data_dir: layout.orchestrator_data.clone(),
         tls_dir: tls_dir.clone(),
         mariadb_backup: server.programs.mariadb_backup(),
+        mbstream: server.programs.mbstream(),
+        server_stop_command: control.0,
+        server_start_command: control.1,
     };
     let text = peer::config_text(&settings, site.as_deref())?;
     if std::fs::read_to_string(&layout.orchestrator_config).ok().as_deref() != Some(text.as_str()) {
@@ -378,11 +386,39 @@ async fn seed_replica(
     root_password: &str,
     table: &BootstrapTable,
     master: &str,
-    held: &HeldLock,
+    held: &HeldLease,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let layout = facts.layout();
     let me = facts.instance();
+    // The newest backup in the cluster's bucket first: no donor carries the copy.
+    match seed_from_backup(facts, server, progress).await {
+        Ok(Some(position)) => {
+            server.start(root_password).await?;
+            held.check()?;
+            match server
+                .replicate_from(master, &passwords.get("replication")?, root_password, position.as_deref())
+                .await
+            {
+                Ok(()) => match still_replicating(server, root_password).await {
+                    Ok(()) => {
+                        progress.did(format!(
+                            "replicating from {master} with GTID auto-positioning from the backup"
+                        ));
+                        return Ok(());
+                    }
+                    Err(e) => progress.did(format!(
+                        "the backup's copy cannot catch up from {master} ({e:#}): copying from a donor instead"
+                    )),
+                },
+                Err(e) => progress.did(format!(
+                    "the backup's copy cannot catch up from {master} ({e:#}): copying from a donor instead"
+                )),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => progress.did(format!("no seed from the bucket ({e:#}): copying from a donor")),
+    }
     let topology = table.read_topology().await?;
     let candidates = donors(topology.as_deref(), master, &me);
     let mut errors = Vec::new();
@@ -447,12 +483,115 @@ async fn seed_replica(
     Ok(())
 }
 
+/// Seeds the data directory from the newest complete, unencrypted backup of this
+/// flavor in the cluster's bucket (downloaded, extracted, prepared); `Ok(Some(position))`
+/// with the MariaDB GTID position to replicate from (`None` on MySQL: the copy holds
+/// its executed set), `Ok(None)` when the bucket holds no such backup.
+async fn seed_from_backup(
+    facts: &NodeFacts,
+    server: &Server,
+    progress: &Progress,
+) -> anyhow::Result<Option<Option<String>>> {
+    use orchestrator::backup::{catalog, manifest::Layout, materialize, pipeline, store::S3Store};
+    let settings = aws_connect::ConnectSettings {
+        region: facts.region.clone(),
+        endpoint_url: facts.endpoint_url.clone(),
+        ..aws_connect::ConnectSettings::new(Duration::from_secs(300))
+    };
+    let bucket = facts.bucket.clone().unwrap_or_else(|| facts.names().bucket);
+    let store =
+        std::sync::Arc::new(S3Store::connect(&settings, None, &bucket, Duration::from_secs(300)).await);
+    let layout = Layout::new(&facts.cluster_id);
+    let (manifests, _) = materialize::read_manifests(&store, &layout).await?;
+    let flavor = match facts.flavor {
+        crate::mysql_config::ServerFlavor::Mariadb => "mariadb",
+        crate::mysql_config::ServerFlavor::Mysql => "mysql",
+    };
+    let Some(tip) = manifests
+        .iter()
+        .filter(|m| m.flavor == flavor)
+        .filter(|m| catalog::chain(&manifests, &m.id).is_ok_and(|c| c.iter().all(|b| b.encryption.is_none())))
+        .max_by_key(|m| (m.consistent_at_ms, m.id.clone()))
+    else {
+        return Ok(None);
+    };
+    let chain: Vec<orchestrator::backup::manifest::Manifest> =
+        catalog::chain(&manifests, &tip.id).map_err(anyhow::Error::msg)?.into_iter().cloned().collect();
+    let started = Instant::now();
+    server.stop()?;
+    server.clear_data()?;
+    let lay = facts.layout();
+    let tools = materialize::CopyTools {
+        mariadb_backup: server.programs.mariadb_backup(),
+        mbstream: server.programs.mbstream(),
+        xtrabackup: "xtrabackup".into(),
+        xbstream: "xbstream".into(),
+        settings: pipeline::PipelineSettings {
+            part_size: 16 << 20,
+            concurrency: 4,
+            compression_level: 1,
+            key: None,
+        },
+    };
+    let stage = lay.state.join("seed");
+    let _ = std::fs::remove_dir_all(&stage);
+    let copied = materialize::materialize(
+        store,
+        &layout,
+        &chain,
+        &lay.mysql_datadir,
+        &stage,
+        &tools,
+        materialize::Report {
+            phase: &|phase| progress.did(phase),
+            stream: &|| std::sync::Arc::new(pipeline::Progress::default()),
+        },
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&stage);
+    if let Err(e) = copied {
+        server.clear_data()?;
+        return Err(e.into());
+    }
+    // A copy of a replica holds its replication files; a MySQL copy makes its own uuid.
+    for name in ["master.info", "relay-log.info", "multi-master.info", "auto.cnf"] {
+        let _ = std::fs::remove_file(lay.mysql_datadir.join(name));
+    }
+    server.chown(&lay.mysql_volume)?;
+    let names: Vec<String> = chain.iter().map(|m| format!("{} {}", m.kind, m.id)).collect();
+    progress.did(format!(
+        "seeded from backup {} ({}) in {:.1} s",
+        names.join(" + "),
+        orchestrator::backup::service::human_bytes(chain.iter().map(|m| m.raw_bytes).sum()),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Some((flavor == "mariadb").then(|| tip.gtid_position_text.clone())))
+}
+
+/// Checks, a moment after replication started, that it still runs: a master that
+/// purged transactions the backup lacks refuses the replica only once its dump starts.
+async fn still_replicating(server: &Server, root_password: &str) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = server.root(root_password).await?;
+    let state = server.replica_state(&mut conn).await?;
+    let _ = conn.disconnect().await;
+    if state.io_running == "No" || state.sql_running == "No" {
+        bail!(
+            "replication stopped (IO {}, SQL {}): {}",
+            state.io_running,
+            state.sql_running,
+            state.last_error
+        );
+    }
+    Ok(())
+}
+
 /// Waits until the peers' leader has rewritten the first master's claim (the group
 /// runs and mirrors its decision), so the next node finds a working group.
 async fn wait_master_lock_from_leader(
     table: &BootstrapTable,
     me: &str,
-    held: &HeldLock,
+    held: &HeldLease,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + JOIN_PATIENCE;
     loop {

@@ -94,6 +94,10 @@ pub struct PeerSettings<'a> {
     pub data_dir: PathBuf,
     pub tls_dir: PathBuf,
     pub mariadb_backup: PathBuf,
+    pub mbstream: PathBuf,
+    /// How the peer stops and starts mysqld for a restore (argv each).
+    pub server_stop_command: Vec<String>,
+    pub server_start_command: Vec<String>,
 }
 
 /// A TOML table of `pairs`.
@@ -209,6 +213,25 @@ pub fn config_text(p: &PeerSettings, site: Option<&str>) -> anyhow::Result<Strin
             ]),
         );
     }
+    // Backups of this cluster to its bucket, its binary logs archived while this node's
+    // server is the master, and restores onto this node's server.
+    let mut backup = toml::Table::new();
+    backup.insert("enabled".into(), Value::Boolean(true));
+    if let Some(bucket) = &f.bucket {
+        backup.insert("bucket".into(), text(bucket.clone()));
+    }
+    if let Some(days) = f.backup_retention_days {
+        backup.insert("retention_days".into(), Value::Integer(days as i64));
+    }
+    if let Some(root) = &f.programs.mysql_root {
+        backup.insert("mysql_root".into(), path(root));
+    }
+    backup.insert("mariadb_backup".into(), path(&p.mariadb_backup));
+    backup.insert("mbstream".into(), path(&p.mbstream));
+    let argv = |a: &[String]| Value::Array(a.iter().cloned().map(Value::String).collect());
+    backup.insert("server_stop_command".into(), argv(&p.server_stop_command));
+    backup.insert("server_start_command".into(), argv(&p.server_start_command));
+    config.insert("backup".into(), Value::Table(backup));
     if let Some(site) = site {
         let overlay: toml::Table = toml::from_str(site).context("the site config is not TOML")?;
         merge_toml(&mut config, overlay);

@@ -54,20 +54,8 @@ impl Programs {
     /// root's own loader and libraries: the loader and its arguments. Without a root,
     /// `/` + `program` with none.
     pub fn in_root(&self, program: &str) -> (PathBuf, Vec<String>) {
-        match self.mysql_root() {
-            Some(root) => {
-                let libs = format!(
-                    "{}:{}",
-                    root.join("usr/lib/x86_64-linux-gnu").display(),
-                    root.join("lib/x86_64-linux-gnu").display()
-                );
-                (
-                    root.join("lib64/ld-linux-x86-64.so.2"),
-                    vec!["--library-path".into(), libs, root.join(program).display().to_string()],
-                )
-            }
-            None => (Path::new("/").join(program), Vec::new()),
-        }
+        orchestrator::backup::tools::MysqlPrograms { mysql_root: self.config.mysql_root.clone() }
+            .in_root(program)
     }
 
     /// mysqld reading `config`, with the extra options a root needs.
@@ -194,7 +182,7 @@ impl Server {
     }
 
     /// Gives the tree to the server's OS user (when it is not root).
-    fn chown(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn chown(&self, dir: &Path) -> anyhow::Result<()> {
         if self.os_user == "root" || !dir.exists() {
             return Ok(());
         }
@@ -519,7 +507,10 @@ impl Server {
             if state.io_running == "Yes" && state.sql_running == "Yes" {
                 break;
             }
-            if Instant::now() >= deadline {
+            // A thread that stopped with an error (the master purged what this copy
+            // lacks: 1236) does not start by waiting.
+            let stopped = state.io_running == "No" || state.sql_running == "No";
+            if Instant::now() >= deadline || (stopped && !state.last_error.is_empty()) {
                 bail!(
                     "replication from {master} did not start within 60 s (IO {}, SQL {}): {}",
                     state.io_running,

@@ -133,6 +133,51 @@ impl Services {
         }
     }
 
+    /// The commands (argv) that stop and start `service` from outside the bootstrap: a
+    /// restore run by the peer swaps the server's data with it stopped. With systemd,
+    /// `systemctl stop|start`; with the process manager, two scripts written under the
+    /// state directory that use the same pid file this manager does.
+    pub fn control_commands(&self, service: &Service) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let name = &service.name;
+        match self.manager {
+            ServiceManager::Systemd => Ok((
+                vec!["systemctl".into(), "stop".into(), name.clone()],
+                vec!["systemctl".into(), "start".into(), name.clone()],
+            )),
+            ServiceManager::Process => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::create_dir_all(&self.state)?;
+                let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+                let pid = quote(&self.pid_file(name).display().to_string());
+                let log = quote(&self.log_file(name).display().to_string());
+                let mut line = vec![quote(&service.program.display().to_string())];
+                line.extend(service.args.iter().map(|a| quote(a)));
+                let stop = format!(
+                    "#!/bin/sh\n# Written by `provisioner bootstrap`: stops {name}.\n\
+                     pid=$(cat {pid} 2>/dev/null) || exit 0\nkill \"$pid\" 2>/dev/null || exit 0\n\
+                     while kill -0 \"$pid\" 2>/dev/null && ! grep -q '^[^)]*) Z' /proc/\"$pid\"/stat 2>/dev/null; do sleep 0.1; done\n\
+                     rm -f {pid}\n"
+                );
+                let start = format!(
+                    "#!/bin/sh\n# Written by `provisioner bootstrap`: starts {name} detached.\n\
+                     setsid {} >> {log} 2>&1 < /dev/null &\necho $! > {pid}\n",
+                    line.join(" ")
+                );
+                let mut paths = Vec::new();
+                for (kind, text) in [("stop", stop), ("start", start)] {
+                    let path = self.state.join(format!("{name}-{kind}.sh"));
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+                    paths.push(vec![path.display().to_string()]);
+                }
+                let start = paths.pop().expect("two scripts");
+                let stop = paths.pop().expect("two scripts");
+                Ok((stop, start))
+            }
+        }
+    }
+
     /// Waits until `name` has exited by itself (mysqld after a clone).
     pub fn wait_exit(&self, name: &str, patience: Duration) -> bool {
         let deadline = Instant::now() + patience;
@@ -215,5 +260,17 @@ mod tests {
         assert_eq!(pid_files(&services.state).len(), 1);
         services.stop("sleeper", Duration::from_secs(5)).unwrap();
         assert!(!services.is_running("sleeper"));
+        // The scripts a restore uses do the same from outside.
+        let (stop, start) = services.control_commands(&sleep).unwrap();
+        assert!(Command::new(&start[0]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !services.is_running("sleeper") {
+            assert!(Instant::now() < deadline, "the start script started nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(Command::new(&stop[0]).status().unwrap().success());
+        assert!(!services.is_running("sleeper"));
+        let systemd = Services { manager: ServiceManager::Systemd, ..services };
+        assert_eq!(systemd.control_commands(&sleep).unwrap().0, ["systemctl", "stop", "sleeper"]);
     }
 }

@@ -92,11 +92,7 @@ impl Clients {
         };
         let shared = aws_connect::sdk_config(&settings, endpoint.credentials.clone()).await;
         let log = CallLog::default();
-        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
-            // A custom endpoint (moto) serves buckets by path, not by host name.
-            .force_path_style(endpoint.endpoint_url.is_some())
-            .interceptor(log.clone())
-            .build();
+        let s3_config = aws_connect::s3_config(&shared, &settings).interceptor(log.clone()).build();
         Clients {
             ec2: aws_sdk_ec2::Client::from_conf(
                 aws_sdk_ec2::config::Builder::from(&shared).interceptor(log.clone()).build(),

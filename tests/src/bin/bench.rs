@@ -5,6 +5,10 @@
 //! through the NLB stand-in; the write gap of planned switchovers; whether short
 //! stalls cause failovers.
 //!
+//! `bench backup`: backup throughput and restore time against the plain
+//! `mariadb-backup | zstd | aws s3 cp -` pipeline on the same data and moto, and the
+//! binlog archive's recovery point under a steady writer.
+//!
 //! `bench raft`: leader-loss-to-new-leader time over N rounds of `kill -9` of the
 //! leader at a random moment, commands committed per second through the leader, and
 //! the peers' resident memory.
@@ -20,6 +24,9 @@ use orch_tests::raft::{raft_state, rss_kib, wait_agreed_leader};
 use orch_tests::writer::Writer;
 use orch_tests::{aws, AwsBed, PeerBed, NLB_TIME_SCALE};
 
+#[path = "../bench_backup.rs"]
+mod bench_backup;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks of the orchestrator (figures, not pass/fail)")]
 struct Args {
@@ -29,6 +36,24 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Backup throughput and restore time against the plain pipeline, and the binlog
+    /// archive's recovery point (commit to archived) under a steady writer.
+    Backup {
+        #[arg(long, default_value = "mariadb", value_parser = ["mariadb", "mysql"])]
+        flavor: String,
+        /// Rows to load before the backups, in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mb: u64,
+        /// How long the writer runs for the recovery point.
+        #[arg(long, default_value_t = 60)]
+        rpo_seconds: u64,
+        /// Writes per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Backups and restores of each pipeline (medians are shown).
+        #[arg(long, default_value_t = 3)]
+        rounds: u8,
+    },
     /// Raft leader failover time, write throughput and memory.
     Raft {
         /// Peers in the group (3, 5 or 7).
@@ -112,6 +137,9 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
+        Cmd::Backup { flavor, size_mb, rpo_seconds, rate, rounds } => {
+            bench_backup::run(Flavor::parse(&flavor)?, size_mb, rpo_seconds, rate, rounds.max(1)).await
+        }
         Cmd::Raft { peers, rounds, write_seconds } => raft(peers, rounds, write_seconds).await,
         Cmd::Failover { flavor, rounds, kinds } => {
             let flavors = match flavor.as_str() {
