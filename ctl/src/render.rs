@@ -377,7 +377,7 @@ pub fn raft_state(s: &pb::RaftState) {
 pub fn raft_members(s: &pb::RaftState) {
     // The instance columns only when the peers follow an Auto Scaling group.
     let fleet = s.members.iter().any(|m| !m.instance_state.is_empty());
-    let mut headers = vec!["ID", "RAFT", "HTTP", "VOTER", "LEADER"];
+    let mut headers = vec!["ID", "RAFT", "HTTP", "VOTER", "LEADER", "LAST CONTACT"];
     if fleet {
         headers.extend(["INSTANCE", "INSTANCE STATE"]);
     }
@@ -389,6 +389,11 @@ pub fn raft_members(s: &pb::RaftState) {
             m.http.clone(),
             if m.voter { "yes".into() } else { "learner".into() },
             if m.id == s.leader_id { "*".into() } else { String::new() },
+            match m.last_contact_ms {
+                _ if m.id == s.node_id => "(this peer)".into(),
+                ms if ms >= 0 => format!("{ms} ms ago"),
+                _ => "never".into(),
+            },
         ];
         if fleet {
             row.push(dash(&m.instance_id).to_string());

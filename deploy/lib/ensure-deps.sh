@@ -19,10 +19,11 @@ apt_install() {
 # the linker setup in .cargo/config.toml and RocksDB's build; nftables and iproute2:
 # network fault injection in tests; mariadb-backup: seeding a new MariaDB replica from
 # a donor (node bootstrap); cryptsetup: LUKS on instance store (bootstrap, tested on a
-# loop device).
+# loop device); chromium and chromium-driver: the web UI's tests drive a real headless
+# browser through WebDriver.
 ensure_system_packages() {
   apt_install mariadb-server mariadb-client mariadb-backup cryptsetup clang lld libclang-dev nftables iproute2 \
-    ca-certificates
+    ca-certificates chromium chromium-driver
 }
 
 # rustfmt and clippy for the checks that run before the tests.

@@ -21,6 +21,7 @@
 pub mod aws;
 pub mod backup;
 pub mod bootstrap;
+pub mod browser;
 pub mod ctl;
 pub mod db;
 pub mod hosts;

@@ -90,9 +90,19 @@ async fn every_route_needs_a_token_with_the_right_scope_but_the_open_ones() {
         ("/health/replica", 503),
         ("/metrics", 200),
         ("/", 200),
+        ("/ui/app.js", 200),
+        ("/ui/app.css", 200),
+        // The UI's data is not open: the live feed and the reads need a token.
+        ("/api/events", 401),
+        ("/api/v1/topology/x", 401),
+        ("/ui/other.js", 401),
     ] {
         assert_eq!(none.get(p.url(path)).send().await.unwrap().status().as_u16(), want, "{path}");
     }
+    // The page may talk to this peer only.
+    let page = none.get(p.url("/")).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"), "{policy}");
 
     // Sizes and strict parsing: a large body is 413, a bad argument 400 naming it.
     // Over HTTP/2, so the early answer arrives while the client still sends (HTTP/1.1

@@ -68,7 +68,6 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
@@ -108,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/raft/remove-peer/{id}", post(remove_peer))
         .route("/api/raft/transfer-leadership/{id}", post(transfer_leadership))
         .merge(super::health::routes())
+        .merge(super::ui::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_errors))
@@ -634,10 +634,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
     )
-}
-
-async fn index() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("index.html"))
 }
 
 #[cfg(test)]

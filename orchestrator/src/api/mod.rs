@@ -6,12 +6,14 @@
 //! - [`http`]: routes (orchestrator's paths) and their parsers;
 //! - [`grpc`]: the `orchestrator.v1.Orchestrator` service and its parsers;
 //! - [`views`]: the read side both share; [`pb`]: model → protobuf conversions;
-//! - [`watch`]: the `Watch` event stream; [`health`]: the NLB's role health checks.
+//! - [`watch`]: the `Watch` event stream; [`health`]: the NLB's role health checks;
+//! - [`ui`]: the web UI's embedded files and its live feed (`/api/events`).
 
 pub(crate) mod grpc;
 mod health;
 pub mod http;
 mod pb;
+pub mod ui;
 mod views;
 pub mod watch;
 

@@ -173,6 +173,7 @@ pub fn raft_state(s: &RaftStatus) -> pb::RaftState {
                 voter: m.voter,
                 instance_id: m.instance_id.clone().unwrap_or_default(),
                 instance_state: m.instance_state.clone().unwrap_or_default(),
+                last_contact_ms: m.last_contact_ms.map(|ms| ms as i64).unwrap_or(-1),
             })
             .collect(),
         quorum_contact: s.quorum_contact,

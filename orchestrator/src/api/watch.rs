@@ -28,8 +28,9 @@ pub struct WatchView {
     pub topologies: BTreeMap<String, (String, pb::ClusterTopology)>,
     /// Per cluster: the master Raft recorded.
     pub masters: BTreeMap<String, String>,
-    /// Per recovery: (ended, acknowledged) and the record.
-    pub recoveries: BTreeMap<u64, ((i64, String), pb::Recovery)>,
+    /// Per recovery: (ended, acknowledged, steps recorded) and the record: a running
+    /// recovery is sent again as its steps are recorded.
+    pub recoveries: BTreeMap<u64, ((i64, String, usize), pb::Recovery)>,
     /// Per cluster: the problems (code and instance) and their full form.
     pub problems: BTreeMap<String, ProblemList>,
 }
@@ -125,7 +126,8 @@ fn view_now(s: &AppState, cluster: &str, problems: &BTreeMap<String, Vec<pb::Pro
             }
         }
         for r in state.recoveries.iter().filter(|r| wanted(&r.cluster)) {
-            let mark = (r.ended_unix_ms.unwrap_or(0), r.acknowledged_by.clone().unwrap_or_default());
+            let mark =
+                (r.ended_unix_ms.unwrap_or(0), r.acknowledged_by.clone().unwrap_or_default(), r.steps.len());
             v.recoveries.insert(r.id, (mark, conv::recovery(r)));
         }
         for (alias, list) in problems.iter().filter(|(a, _)| wanted(a)) {
@@ -224,7 +226,7 @@ mod tests {
         v.topologies.insert("main".into(), (shape_of(&t), t));
         v.masters.insert("main".into(), master.into());
         let r = pb::Recovery { id: 1, ended_unix_ms: recovery_ended, ..Default::default() };
-        v.recoveries.insert(1, ((recovery_ended, String::new()), r));
+        v.recoveries.insert(1, ((recovery_ended, String::new(), 0), r));
         v
     }
 

@@ -3,7 +3,7 @@
 //! the [`Caller`] (identity, client address, this peer) to the request; what the
 //! caller may do is decided by the operation it asks for ([`crate::ops`]).
 //!
-//! Open without a token: the web UI's page (it logs in with a token from the browser),
+//! Open without a token: the web UI's files (the page logs in with a token from the browser),
 //! `/api/health`, `/health/primary`, `/health/replica` (load balancers) and, unless
 //! configured otherwise, `/metrics` (scrapers). A refused request gets 401 (HTTP) or
 //! `UNAUTHENTICATED` (gRPC); the presented token is never logged.
@@ -44,7 +44,8 @@ impl AuthSettings {
 
     /// Whether `path` answers without a token.
     pub fn is_open(&self, path: &str) -> bool {
-        matches!(path, "/" | "/api/health" | "/health/primary" | "/health/replica")
+        matches!(path, "/api/health" | "/health/primary" | "/health/replica")
+            || crate::api::ui::is_asset(path)
             || (self.open_metrics && path == "/metrics")
     }
 

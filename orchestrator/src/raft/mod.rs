@@ -132,6 +132,9 @@ pub struct MemberStatus {
     /// The instance's lifecycle state and health there (`InService, Healthy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_state: Option<String>,
+    /// Milliseconds since this peer last heard from it (0 for itself; `None`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact_ms: Option<u64>,
 }
 
 /// What `/api/raft-state` answers.
@@ -443,6 +446,7 @@ impl RaftNode {
                 voter: voters.contains(id),
                 instance_id: None,
                 instance_state: None,
+                last_contact_ms: if *id == self.id { Some(0) } else { self.quorum.last_contact_ms(*id) },
             })
             .collect();
         let leader_http = m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.http.clone());

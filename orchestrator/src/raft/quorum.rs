@@ -27,6 +27,12 @@ impl QuorumMonitor {
         }
     }
 
+    /// Milliseconds since `peer` last answered this peer (`None`: never).
+    pub fn last_contact_ms(&self, peer: NodeId) -> Option<u64> {
+        let m = self.last_answer.lock().ok()?;
+        m.get(&peer).map(|t| t.elapsed().as_millis() as u64)
+    }
+
     /// Peers (other than `me`) among `members` that answered within `window`.
     pub fn reachable(&self, me: NodeId, members: &[NodeId], window: Duration) -> usize {
         let Ok(m) = self.last_answer.lock() else {
