@@ -66,7 +66,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         write_seconds: u64,
     },
-    /// Master failover on real MariaDB and/or MySQL 9.7 with 3 peers: kill -9 and
+    /// Master failover on real MariaDB and/or MySQL 9.7 with 3, 5 or 7 hosts: kill -9 and
     /// SIGSTOP of the master at a random moment (kill to a write acknowledged by the
     /// new master), and the write gap of planned switchovers.
     Failover {
@@ -78,9 +78,20 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
         /// Which kinds to run.
-        #[arg(long, value_delimiter = ',', default_value = "kill,stop,switchover,stall")]
+        #[arg(long, value_delimiter = ',', default_value = "kill,stop,partition,switchover,stall")]
         kinds: Vec<String>,
+        /// Hosts in the cluster (a server and a peer each): 3, 5 or 7.
+        #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+        nodes: u8,
     },
+}
+
+/// `--nodes`: a cluster of 3, 5 or 7 hosts.
+fn parse_nodes(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(n @ (3 | 5 | 7)) => Ok(n),
+        _ => Err(format!("`{text}`: give 3, 5 or 7")),
+    }
 }
 
 /// Small xorshift generator: random kill moments without a dependency.
@@ -141,12 +152,12 @@ async fn main() -> anyhow::Result<()> {
             bench_backup::run(Flavor::parse(&flavor)?, size_mb, rpo_seconds, rate, rounds.max(1)).await
         }
         Cmd::Raft { peers, rounds, write_seconds } => raft(peers, rounds, write_seconds).await,
-        Cmd::Failover { flavor, rounds, kinds } => {
+        Cmd::Failover { flavor, rounds, kinds, nodes } => {
             let flavors = match flavor.as_str() {
                 "both" => Flavor::ALL.to_vec(),
                 one => vec![Flavor::parse(one)?],
             };
-            failover(&flavors, rounds, &kinds).await
+            failover(&flavors, rounds, &kinds, nodes).await
         }
     }
 }
@@ -261,14 +272,15 @@ const BENCH_ALIAS: &str = "bench";
 
 /// A test bed whose cluster is registered in Raft, master on host 1, and whose
 /// target groups hold it (write) and the replicas (read) in moto.
-async fn failover_bed(flavor: Flavor) -> anyhow::Result<AwsBed> {
-    let bed = AwsBed::start(flavor, 3, BENCH_ALIAS, |spec| {
+async fn failover_bed(flavor: Flavor, nodes: u8) -> anyhow::Result<AwsBed> {
+    let bed = AwsBed::start(flavor, nodes, BENCH_ALIAS, |spec| {
         spec.recovery_settings = vec!["anti_flap_s = 0".into()];
     })
     .await?;
     bed.bed.wait_registered(BENCH_ALIAS).await?;
     let h: Vec<String> = bed.bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
-    aws::wait_members(&bed.clients, &bed.resources, &[&h[0]], &[&h[1], &h[2]], Duration::from_secs(20))
+    let replicas: Vec<&str> = h[1..].iter().map(String::as_str).collect();
+    aws::wait_members(&bed.clients, &bed.resources, &[&h[0]], &replicas, Duration::from_secs(20))
         .await
         .map_err(|last| anyhow::anyhow!("target groups never filled: {last}"))?;
     Ok(bed)
@@ -337,14 +349,15 @@ fn figures(samples: &[Duration]) -> String {
 fn print_table(results: &[(Flavor, Vec<Measurement>)]) {
     let names: Vec<&String> =
         results.first().map(|(_, r)| r.iter().map(|(n, _)| n).collect()).unwrap_or_default();
-    let mut header = format!("{:<47}", "measurement");
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(11);
+    let mut header = format!("{:<width$}", "measurement");
     for (flavor, _) in results {
         header.push_str(&format!(" | {:<42}", flavor.name()));
     }
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     for (i, name) in names.iter().enumerate() {
-        let mut row = format!("{name:<47}");
+        let mut row = format!("{name:<width$}");
         for (_, r) in results {
             let cell = r.get(i).map(|(_, s)| figures(s)).unwrap_or_default();
             row.push_str(&format!(" | {cell:<42}"));
@@ -353,7 +366,7 @@ fn print_table(results: &[(Flavor, Vec<Measurement>)]) {
     }
 }
 
-async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow::Result<()> {
+async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String], nodes: u8) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &flavor in flavors {
         let version = match flavor {
@@ -361,10 +374,10 @@ async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow
             Flavor::Mysql => orch_tests::db::MysqlRoot::find()?.version()?,
         };
         println!(
-            "failover benchmark on {version}: semi-sync AFTER_SYNC, 3 hosts (server + peer each), \
+            "failover benchmark on {version}: semi-sync AFTER_SYNC, {nodes} hosts (server + peer each), \
              probe interval 1 s"
         );
-        results.push((flavor, failover_on(flavor, rounds, kinds).await?));
+        results.push((flavor, failover_on(flavor, rounds, kinds, nodes).await?));
         println!();
     }
     print_table(&results);
@@ -375,25 +388,36 @@ async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String]) -> anyhow
     Ok(())
 }
 
-async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow::Result<Vec<Measurement>> {
+async fn failover_on(
+    flavor: Flavor,
+    rounds: usize,
+    kinds: &[String],
+    nodes: u8,
+) -> anyhow::Result<Vec<Measurement>> {
     let mut rng = Rng::seeded();
     let mut results: Vec<Measurement> = Vec::new();
     for kind in kinds {
         let mut samples = Vec::new();
         match kind.as_str() {
-            "kill" | "stop" => {
+            "kill" | "stop" | "partition" => {
                 let (mut group_samples, mut nlb_samples) = (Vec::new(), Vec::new());
+                let (mut lost_writes, mut acknowledged_writes) = (0usize, 0usize);
                 for round in 1..=rounds {
-                    let mut bed = failover_bed(flavor).await?;
+                    let mut bed = failover_bed(flavor, nodes).await?;
                     let others: Vec<String> =
                         bed.bed.cluster.servers[1..].iter().map(|s| s.host.clone()).collect();
+                    let all: Vec<String> = bed.bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
+                    // The application writes throughout: every acknowledged write must be
+                    // on the new master.
+                    let writer = Writer::start(all, Duration::from_millis(2), Duration::from_secs(2));
                     // A random moment relative to the probe cycle.
                     tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
                     let t0 = Instant::now();
-                    if kind == "kill" {
-                        bed.bed.cluster.servers[0].kill();
-                    } else {
-                        bed.bed.cluster.servers[0].signal(libc::SIGSTOP);
+                    let mut cut = None;
+                    match kind.as_str() {
+                        "kill" => bed.bed.cluster.servers[0].kill(),
+                        "stop" => bed.bed.cluster.servers[0].signal(libc::SIGSTOP),
+                        _ => cut = Some(orch_tests::netfault::Partition::isolate(&bed.bed.hosts, 1)?),
                     }
                     let old_id = bed.resources.id_of(&bed.bed.cluster.servers[0].host).to_string();
                     let nlb = vec![bed.nlb_host().to_string()];
@@ -403,13 +427,36 @@ async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow:
                         until_writable(&nlb, t0),
                     );
                     let (took, moved, through_nlb) = (took?, moved?, through_nlb?);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let report = writer.stop().await;
+                    let old_key = bed.bed.cluster.servers[0].key();
+                    let (recorded, _) = orch_tests::peer::poll_json(
+                        &bed.bed.peers[1].url("/api/raft/state-machine"),
+                        Duration::from_secs(30),
+                        |s| {
+                            s["state"]["clusters"][BENCH_ALIAS]["master"]
+                                .as_str()
+                                .is_some_and(|m| m != old_key)
+                        },
+                    )
+                    .await
+                    .map_err(|last| anyhow::anyhow!("the new master was never recorded: {last}"))?;
+                    let new_master = recorded["state"]["clusters"][BENCH_ALIAS]["master"]
+                        .as_str()
+                        .and_then(|k| k.rsplit_once(':').map(|(h, _)| h.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("no master recorded: {recorded}"))?;
+                    let on_master = orch_tests::writer::ids_on(&new_master).await?;
+                    let lost = report.acknowledged.iter().filter(|id| !on_master.contains(id)).count();
+                    lost_writes += lost;
+                    acknowledged_writes += report.acknowledged.len();
                     println!(
-                        "{:>7} {kind:>4} round {round:>2}: new master writable after {}, write group moved after {}, \
-                         write through the NLB stand-in after {}",
+                        "{:>7} {kind:>9} round {round:>2}: new master writable after {}, write group moved after {}, \
+                         write through the NLB stand-in after {}; {} writes acknowledged, {lost} lost",
                         flavor.name(),
                         ms(took),
                         ms(moved),
-                        ms(through_nlb)
+                        ms(through_nlb),
+                        report.acknowledged.len()
                     );
                     samples.push(took);
                     group_samples.push(moved);
@@ -417,14 +464,28 @@ async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow:
                     if kind == "stop" {
                         bed.bed.cluster.servers[0].signal(libc::SIGCONT);
                     }
+                    if let Some(mut cut) = cut {
+                        cut.heal()?;
+                    }
                 }
-                let fault = if kind == "kill" { "kill -9" } else { "SIGSTOP" };
+                let fault = match kind.as_str() {
+                    "kill" => "kill -9",
+                    "stop" => "SIGSTOP",
+                    _ => "master host partitioned",
+                };
+                println!(
+                    "{}: {fault}, {rounds} rounds: {acknowledged_writes} writes acknowledged, {lost_writes} lost",
+                    flavor.name()
+                );
+                if lost_writes > 0 {
+                    anyhow::bail!("{lost_writes} acknowledged write(s) lost after {fault}");
+                }
                 results.push((format!("{fault} -> write acknowledged by new master"), samples));
                 results.push((format!("{fault} -> write target group converged"), group_samples));
                 results.push((format!("{fault} -> write through the NLB stand-in (*)"), nlb_samples));
             }
             "switchover" => {
-                let bed = failover_bed(flavor).await?;
+                let bed = failover_bed(flavor, nodes).await?;
                 let hosts: Vec<String> = bed.bed.cluster.servers.iter().map(|s| s.host.clone()).collect();
                 for round in 1..=rounds {
                     let target = &hosts[round % hosts.len()];
@@ -453,7 +514,7 @@ async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow:
             }
             "stall" => {
                 // SIGSTOP for 0.9 s, then SIGCONT: no failover may follow.
-                let bed = failover_bed(flavor).await?;
+                let bed = failover_bed(flavor, nodes).await?;
                 let url = bed.bed.peers[0].url("/api/raft/state-machine");
                 let mut failovers = 0;
                 for round in 1..=rounds {
@@ -472,7 +533,7 @@ async fn failover_on(flavor: Flavor, rounds: usize, kinds: &[String]) -> anyhow:
                     flavor.name()
                 );
             }
-            other => anyhow::bail!("unknown kind `{other}` (kill, stop, switchover, stall)"),
+            other => anyhow::bail!("unknown kind `{other}` (kill, stop, partition, switchover, stall)"),
         }
     }
     Ok(results)
