@@ -513,15 +513,19 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     }
     log.writable_at = Some(log.started.elapsed());
     log.step(format!("write check passed on {candidate}"));
-    for k in &to_repoint {
-        let connected = poll_until(timings, timings.verify_wait, || async {
+    // All at once: the outcome (which moves the master in Raft, and so the NLB) waits
+    // for the slowest replica, not for the sum of them.
+    let connected = futures::future::join_all(to_repoint.iter().map(|k| {
+        poll_until(timings, timings.verify_wait, || async {
             let p = control.probe(k).await?;
             Ok(p.replication
                 .as_ref()
                 .is_some_and(|r| r.source == candidate && r.io_thread == ThreadState::Running))
         })
-        .await;
-        if let Err(e) = connected {
+    }))
+    .await;
+    for (k, c) in to_repoint.iter().zip(connected) {
+        if let Err(e) = c {
             problems.push(format!("{k} not replicating from {candidate}: {e}"));
         }
     }
