@@ -232,39 +232,27 @@ impl Client {
         &self,
         cluster: &str,
     ) -> Result<(String, tonic::Streaming<orch_proto::v1::WatchEvent>), CtlError> {
-        let mut last = None;
-        for endpoint in &self.endpoints {
-            let mut e = self.channel(endpoint, self.timeout)?;
-            // A stream lives as long as the operator watches.
-            e = e.timeout(Duration::from_secs(365 * 24 * 3600));
-            let channel = match e.connect().await {
-                Ok(c) => c,
-                Err(err) => {
-                    last = Some(format!("{endpoint}: {}", connect_error(&err)));
-                    continue;
-                }
-            };
-            let mut client = OrchestratorClient::new(channel);
-            let request = self.request(orch_proto::v1::WatchRequest { cluster: cluster.to_string() });
-            match client.watch(request).await {
-                Ok(stream) => return Ok((endpoint.clone(), stream.into_inner())),
-                Err(s) if try_next(&s, true) => last = Some(format!("{endpoint}: {}", s.message())),
-                Err(s) => return Err(CtlError::from_status(endpoint, &s)),
-            }
-        }
-        Err(CtlError::new(
-            Exit::Unreachable,
-            format!("no peer could answer; last: {}", last.unwrap_or_else(|| "no endpoint".into())),
-        ))
+        let request = orch_proto::v1::WatchRequest { cluster: cluster.to_string() };
+        self.open_stream(|mut client, r| async move { client.watch(r).await }, request).await
     }
-}
 
-impl Client {
     /// Opens a `WatchJob` stream on the first peer that accepts it.
     pub async fn watch_job(
         &self,
         id: &str,
     ) -> Result<(String, tonic::Streaming<orch_proto::v1::BackupJob>), CtlError> {
+        let request = orch_proto::v1::WatchJobRequest { id: id.to_string() };
+        self.open_stream(|mut client, r| async move { client.watch_job(r).await }, request).await
+    }
+
+    /// Opens a server stream with `open` on the first peer that accepts it: a stream
+    /// lives as long as the operator watches, so only the connection is timed.
+    async fn open_stream<M, T, F, Fut>(&self, open: F, message: M) -> Result<(String, T), CtlError>
+    where
+        M: Clone,
+        F: Fn(OrchestratorClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut last = None;
         for endpoint in &self.endpoints {
             let e = self.channel(endpoint, self.timeout)?.timeout(Duration::from_secs(365 * 24 * 3600));
@@ -275,9 +263,7 @@ impl Client {
                     continue;
                 }
             };
-            let mut client = OrchestratorClient::new(channel);
-            let request = self.request(orch_proto::v1::WatchJobRequest { id: id.to_string() });
-            match client.watch_job(request).await {
+            match open(OrchestratorClient::new(channel), self.request(message.clone())).await {
                 Ok(stream) => return Ok((endpoint.clone(), stream.into_inner())),
                 Err(s) if try_next(&s, true) => last = Some(format!("{endpoint}: {}", s.message())),
                 Err(s) => return Err(CtlError::from_status(endpoint, &s)),

@@ -14,7 +14,7 @@ use anyhow::Context;
 use mysql_async::prelude::Queryable;
 
 use crate::ctl::Ctl;
-use crate::db::{DbServer, Flavor, MysqlRoot, APP_PASSWORD, APP_USER};
+use crate::db::{DbServer, Flavor, MysqlRoot};
 use crate::peer::{self, Peer, PeerAws, PeerGroupSpec, ADMIN_TOKEN};
 use crate::process::Lifetime;
 use crate::AwsBed;
@@ -210,32 +210,6 @@ pub struct AckWriter {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn writable(hosts: &[String]) -> Option<mysql_async::Conn> {
-    for h in hosts {
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(h.clone())
-            .tcp_port(3306)
-            .user(Some(APP_USER))
-            .pass(Some(APP_PASSWORD))
-            .prefer_socket(false)
-            .stmt_cache_size(0);
-        let Ok(Ok(mut c)) =
-            tokio::time::timeout(Duration::from_millis(500), mysql_async::Conn::new(opts)).await
-        else {
-            continue;
-        };
-        let ro: Option<Option<i64>> =
-            tokio::time::timeout(Duration::from_millis(500), c.query_first("SELECT @@read_only"))
-                .await
-                .ok()?
-                .ok();
-        if ro == Some(Some(0)) {
-            return Some(c);
-        }
-    }
-    None
-}
-
 impl AckWriter {
     /// Starts writing ids from `first`, one every `every`.
     pub fn start(hosts: Vec<String>, first: u64, every: Duration) -> AckWriter {
@@ -258,7 +232,7 @@ impl AckWriter {
                     }
                     idle.store(false, Ordering::SeqCst);
                     if conn.is_none() {
-                        conn = writable(&hosts).await;
+                        conn = crate::writer::find_master(&hosts).await;
                         if conn.is_none() {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;

@@ -42,8 +42,8 @@ async fn connect(host: &str) -> Option<Conn> {
     tokio::time::timeout(Duration::from_millis(500), Conn::new(opts)).await.ok()?.ok()
 }
 
-/// The first of `hosts` that answers and is writable.
-async fn find_master(hosts: &[String]) -> Option<Conn> {
+/// The first of `hosts` that answers and is writable, connected as the application.
+pub async fn find_master(hosts: &[String]) -> Option<Conn> {
     for h in hosts {
         let Some(mut c) = connect(h).await else { continue };
         let ro: Option<Option<i64>> =
