@@ -13,7 +13,7 @@ use futures::StreamExt;
 use super::manifest::{BackupKind, Layout, Manifest, Method, MANIFEST_NAME};
 use super::pipeline::{self, PipelineSettings, Progress};
 use super::service::BackupError;
-use super::store::{ObjectStore, S3Store};
+use super::store::{ObjectStore, S3Store, StoreError};
 use super::tools::{self, PrepareTool};
 
 /// The programs and pipeline settings a chain needs.
@@ -51,8 +51,15 @@ pub async fn read_manifests<S: ObjectStore>(
             let store = store.clone();
             let cluster_id = layout.cluster_id.clone();
             async move {
-                let bytes = store.get(&key).await?;
+                // Retention may delete a backup between the listing and this read: a
+                // manifest gone by now is a backup gone, not an error.
+                let bytes = match store.get(&key).await {
+                    Ok(bytes) => bytes,
+                    Err(StoreError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(BackupError::from(e)),
+                };
                 Manifest::from_json(&bytes, &cluster_id)
+                    .map(Some)
                     .map_err(|e| BackupError::Failed(format!("s3://{}/{key}: {e}", store.bucket())))
             }
         })
@@ -60,8 +67,8 @@ pub async fn read_manifests<S: ObjectStore>(
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<_, _>>()?;
-    Ok((manifests, incomplete))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((manifests.into_iter().flatten().collect(), incomplete))
 }
 
 /// Downloads one backup into `dir`: through `mbstream`/`xbstream -x` for a physical

@@ -399,33 +399,28 @@ impl BackupService {
         Ok(Catalog { manifests, incomplete, segments, loose_entries })
     }
 
-    /// The archive's index: chunks and loose entries, resolved.
+    /// The archive's index: chunks and loose entries, resolved. The archiver folds loose
+    /// entries into a chunk (chunk written first, entries deleted after) and retention
+    /// deletes entries, both while this reads: an object listed but gone by the time it
+    /// is read means the listing is stale, so the index is listed again.
     pub(crate) async fn read_index(&self, c: &ClusterBackups) -> Result<(Vec<Segment>, usize), BackupError> {
-        let objects = c.store.list(&c.layout.segment_index_prefix()).await?;
-        let loose = objects.iter().filter(|o| !o.key.contains("/chunk-")).count();
-        let store = c.store.clone();
-        let read: Vec<Result<Vec<Segment>, BackupError>> = futures::stream::iter(objects)
-            .map(|o| {
-                let store = store.clone();
-                async move {
-                    let bytes = store.get(&o.key).await?;
-                    let bad =
-                        |e: String| BackupError::Failed(format!("s3://{}/{}: {e}", store.bucket(), o.key));
-                    if o.key.contains("/chunk-") {
-                        serde_json::from_slice::<Vec<Segment>>(&bytes).map_err(|e| bad(e.to_string()))
-                    } else {
-                        Segment::from_json(&bytes).map(|s| vec![s]).map_err(bad)
-                    }
+        const ATTEMPTS: usize = 5;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match read_index_once(&c.store, &c.layout).await? {
+                IndexRead::Complete { segments, loose } => return Ok((segments, loose)),
+                IndexRead::Vanished(key) if attempt >= ATTEMPTS => {
+                    return Err(BackupError::Failed(format!(
+                        "s3://{}/{key} vanished while reading the binlog index, {ATTEMPTS} times in a row",
+                        c.store.bucket()
+                    )));
                 }
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .collect()
-            .await;
-        let mut entries = Vec::new();
-        for r in read {
-            entries.extend(r?);
+                IndexRead::Vanished(key) => {
+                    tracing::debug!(%key, attempt, "a binlog index object went while it was read; listing again");
+                }
+            }
         }
-        Ok((resolve_index(entries), loose))
     }
 
     /// Starts a backup of this peer's server (asked by the leader): takes the
@@ -1101,5 +1096,133 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", units[unit])
+    }
+}
+
+/// One pass over the binlog index.
+enum IndexRead {
+    Complete {
+        segments: Vec<Segment>,
+        loose: usize,
+    },
+    /// An object listed was gone when read (folded into a chunk or deleted by retention).
+    Vanished(String),
+}
+
+async fn read_index_once<S: ObjectStore>(store: &Arc<S>, layout: &Layout) -> Result<IndexRead, BackupError> {
+    let objects = store.list(&layout.segment_index_prefix()).await?;
+    let loose = objects.iter().filter(|o| !o.key.contains("/chunk-")).count();
+    let read: Vec<Result<Result<Vec<Segment>, String>, BackupError>> = futures::stream::iter(objects)
+        .map(|o| {
+            let store = store.clone();
+            async move {
+                let bytes = match store.get(&o.key).await {
+                    Ok(bytes) => bytes,
+                    Err(StoreError::NotFound { .. }) => return Ok(Err(o.key)),
+                    Err(e) => return Err(BackupError::from(e)),
+                };
+                let bad = |e: String| BackupError::Failed(format!("s3://{}/{}: {e}", store.bucket(), o.key));
+                if o.key.contains("/chunk-") {
+                    serde_json::from_slice::<Vec<Segment>>(&bytes).map(Ok).map_err(|e| bad(e.to_string()))
+                } else {
+                    Segment::from_json(&bytes).map(|s| Ok(vec![s])).map_err(bad)
+                }
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .collect()
+        .await;
+    let mut entries = Vec::new();
+    for r in read {
+        match r? {
+            Ok(segments) => entries.extend(segments),
+            Err(vanished) => return Ok(IndexRead::Vanished(vanished)),
+        }
+    }
+    Ok(IndexRead::Complete { segments: resolve_index(entries), loose })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::archive::tests::segment;
+    use crate::backup::store::ObjectInfo;
+
+    /// A bucket in memory whose first listing of the index is taken just before the
+    /// archiver folds its loose entries into a chunk (the chunk is written first, the
+    /// entries deleted after), as S3 can show it to a reader.
+    struct FoldingBucket {
+        objects: Mutex<BTreeMap<String, Vec<u8>>>,
+        fold: Mutex<Option<Fold>>,
+    }
+
+    /// The chunk written (key, body), then the loose entries deleted.
+    struct Fold {
+        chunk: String,
+        body: Vec<u8>,
+        loose: Vec<String>,
+    }
+
+    impl ObjectStore for FoldingBucket {
+        fn bucket(&self) -> &str {
+            "b"
+        }
+        async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+            self.objects.lock().unwrap().insert(key.to_string(), body);
+            Ok(())
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+            self.objects
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound { bucket: "b".into(), key: key.into() })
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+            let mut objects = self.objects.lock().unwrap();
+            let listed = objects
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+                .collect();
+            if let Some(Fold { chunk, body, loose }) = self.fold.lock().unwrap().take() {
+                objects.insert(chunk, body);
+                for key in loose {
+                    objects.remove(&key);
+                }
+            }
+            Ok(listed)
+        }
+        async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+            let mut objects = self.objects.lock().unwrap();
+            for key in keys {
+                objects.remove(key);
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_is_listed_again_when_a_fold_races_the_read() {
+        let layout = Layout::new("c");
+        let segments = [segment(1, 1, 1, 5), segment(2, 1, 6, 9)];
+        let loose: Vec<String> = segments.iter().map(|s| layout.segment_index_key(s.seq, s.token)).collect();
+        let objects = loose.iter().zip(&segments).map(|(k, s)| (k.clone(), s.to_json())).collect();
+        let chunk = serde_json::to_vec(&segments).unwrap();
+        let bucket = Arc::new(FoldingBucket {
+            objects: Mutex::new(objects),
+            fold: Mutex::new(Some(Fold { chunk: layout.index_chunk_key(1, 2, 1), body: chunk, loose })),
+        });
+        // The first pass sees entries that are gone when read ...
+        assert!(matches!(read_index_once(&bucket, &layout).await.unwrap(), IndexRead::Vanished(_)));
+        // ... the next listing sees the chunk, and the same segments.
+        match read_index_once(&bucket, &layout).await.unwrap() {
+            IndexRead::Complete { segments: read, loose } => {
+                assert_eq!(loose, 0);
+                assert_eq!(read, segments.to_vec());
+            }
+            IndexRead::Vanished(key) => panic!("{key} vanished on the second pass"),
+        }
     }
 }
