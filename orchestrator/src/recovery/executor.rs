@@ -291,6 +291,13 @@ async fn freeze<C: Control>(control: &C, replicas: &[InstanceKey], timings: &Tim
     replicas.len() - pending.len()
 }
 
+/// `f`'s output and how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
 /// A probe retried twice: one failed probe must not drop a replica that may hold the
 /// only copy of acknowledged commits from the candidate choice.
 async fn probe_retrying<C: Control>(
@@ -397,9 +404,7 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
 
     // 2. Fence the old master, when it answers at all. A switchover needs it, and
     //    checks its candidate first: a refused switchover leaves the master writable.
-    //    A failover tries the fence (briefly: a live server answers in milliseconds)
-    //    while it stops the replicas' IO threads.
-    let plan = if switchover {
+    if switchover {
         let plan = choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref(), timings)
             .await
             .map_err(fail)?;
@@ -408,23 +413,44 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
             .await
             .map_err(|e| fail(format!("cannot make {} read-only: {e}", req.failed_master)))?;
         log.step(format!("fenced {}", req.failed_master));
-        plan
-    } else {
+        return promote_steps(control, decisions, req, timings, log, id, recorded_candidate, plan).await;
+    }
+    // A failover tries the fence beside everything else, waiting for it nowhere: a
+    // hung or unreachable master makes it wait its whole connect timeout, and no
+    // acknowledged write depends on it (the frozen replicas acknowledge nothing more).
+    let (fenced, result) = tokio::join!(timed(control.fence(&req.failed_master)), async {
         // Freeze the replicas: with their IO threads stopped no replica receives, so
         // none acknowledges, anything more from the old master should it wake up. The
         // acknowledged writes are now all in some relay log the candidate choice sees.
-        let (fenced, frozen) =
-            tokio::join!(control.fence(&req.failed_master), freeze(control, &req.replicas, timings));
-        match fenced {
-            Ok(()) => log.step(format!("fenced {}", req.failed_master)),
-            Err(e) => log.step(format!("old master not fenced ({e}); it is unreachable")),
-        }
+        let frozen = freeze(control, &req.replicas, timings).await;
         log.step(format!("stopped the IO thread of {frozen} of {} replica(s)", req.replicas.len()));
         // 3. Choose the candidate from fresh probes.
-        choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref(), timings)
+        let plan = choose(control, req, recorded_candidate.as_ref(), req.master_probe.as_ref(), timings)
             .await
-            .map_err(fail)?
-    };
+            .map_err(fail)?;
+        promote_steps(control, decisions, req, timings, log, id, recorded_candidate, plan).await
+    });
+    match fenced {
+        (Ok(()), took) => log.step(format!("fenced {} ({} ms)", req.failed_master, took.as_millis())),
+        (Err(e), _) => log.step(format!("old master not fenced ({e}); it is unreachable")),
+    }
+    result
+}
+
+/// From a chosen candidate to a verified new master: catch-up, promotion, repoints,
+/// the write check and the replicas' checks.
+#[allow(clippy::too_many_arguments)]
+async fn promote_steps<C: Control, D: Decisions>(
+    control: &C,
+    decisions: &D,
+    req: &RecoveryRequest,
+    timings: &Timings,
+    log: &mut Log,
+    id: u64,
+    recorded_candidate: Option<InstanceKey>,
+    plan: FailoverPlan,
+) -> Result<(InstanceKey, Vec<String>), StepFailure> {
+    let switchover = req.kind == RecoveryKind::Switchover;
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
     log.step(format!("candidate {candidate} (passed over: {})", show_passed_over(&plan.passed_over)));
@@ -490,15 +516,17 @@ async fn steps<C: Control, D: Decisions, H: Hooks>(
     // whose answer was lost may have taken effect (simulator seed 83).
     let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
     let (promotion, repointed) = tokio::join!(
-        control.promote(&candidate, semi_sync),
-        futures::future::join_all(to_repoint.iter().map(|k| control.replicate_from(k, &candidate)))
+        timed(control.promote(&candidate, semi_sync)),
+        futures::future::join_all(to_repoint.iter().map(|k| timed(control.replicate_from(k, &candidate))))
     );
+    let (promotion, promote_took) = promotion;
     promotion.map_err(|e| promoted(format!("promote {candidate}: {e}")))?;
-    log.step(format!("promoted {candidate}"));
+    log.step(format!("promoted {candidate} ({} ms)", promote_took.as_millis()));
     let mut problems = Vec::new();
-    for (k, r) in to_repoint.iter().zip(repointed) {
-        if let Err(e) = r {
-            problems.push(format!("repoint {k}: {e}"));
+    for (k, (r, took)) in to_repoint.iter().zip(repointed) {
+        match r {
+            Ok(()) => log.step(format!("repointed {k} ({} ms)", took.as_millis())),
+            Err(e) => problems.push(format!("repoint {k}: {e}")),
         }
     }
     log.step(format!("repointed {} replica(s) to {candidate}", to_repoint.len() - problems.len()));

@@ -80,9 +80,10 @@ enum Cmd {
         /// Which kinds to run.
         #[arg(long, value_delimiter = ',', default_value = "kill,stop,partition,switchover,stall")]
         kinds: Vec<String>,
-        /// Hosts in the cluster (a server and a peer each): 3, 5 or 7.
-        #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
-        nodes: u8,
+        /// Hosts in the cluster (a server and a peer each): 3, 5 or 7, or a list
+        /// (`3,5,7`: one column of the table per size and flavor).
+        #[arg(long, value_delimiter = ',', default_value = "3", value_parser = parse_nodes)]
+        nodes: Vec<u8>,
     },
 }
 
@@ -157,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 "both" => Flavor::ALL.to_vec(),
                 one => vec![Flavor::parse(one)?],
             };
-            failover(&flavors, rounds, &kinds, nodes).await
+            failover(&flavors, rounds, &kinds, &nodes).await
         }
     }
 }
@@ -301,11 +302,12 @@ async fn until_write_group_moved(bed: &AwsBed, old_id: &str, since: Instant) -> 
     }
 }
 
-/// Time until a write as the application succeeds on one of `hosts`.
+/// Time until a write as the application succeeds on one of `hosts`: every host is
+/// tried at once each pass (one slow host does not delay the answer of another).
 async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Duration> {
     let mut id = 5_000_000u64;
     loop {
-        for h in hosts {
+        let attempts = hosts.iter().map(|h| {
             id += 1;
             let opts = mysql_async::OptsBuilder::default()
                 .ip_or_hostname(h.clone())
@@ -313,14 +315,21 @@ async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Dura
                 .user(Some(APP_USER))
                 .pass(Some(APP_PASSWORD))
                 .prefer_socket(false);
-            let attempt = async {
-                let mut c = mysql_async::Conn::new(opts).await?;
-                c.query_drop(format!("INSERT INTO app.writes (id) VALUES ({id})")).await?;
-                Ok::<_, mysql_async::Error>(())
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), attempt).await {
-                return Ok(since.elapsed());
-            }
+            let sql = format!("INSERT INTO app.writes (id) VALUES ({id})");
+            Box::pin(async move {
+                let attempt = async {
+                    let mut c = mysql_async::Conn::new(opts).await?;
+                    c.query_drop(sql).await?;
+                    Ok::<_, mysql_async::Error>(since.elapsed())
+                };
+                match tokio::time::timeout(Duration::from_millis(300), attempt).await {
+                    Ok(Ok(at)) => Ok(at),
+                    _ => Err(()),
+                }
+            })
+        });
+        if let Ok((at, _)) = futures::future::select_ok(attempts).await {
+            return Ok(at);
         }
         if since.elapsed() > Duration::from_secs(30) {
             anyhow::bail!("no writable master 30 s after the fault");
@@ -329,8 +338,64 @@ async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Dura
     }
 }
 
-/// One measurement's name and samples.
-type Measurement = (String, Vec<Duration>);
+/// The newest recovery of the state machine once it has ended: (started unix ms,
+/// writable after ms, steps as text).
+async fn ended_recovery(peer_url: &str) -> anyhow::Result<(i64, Option<u64>, Vec<String>)> {
+    let (state, _) = orch_tests::peer::poll_json(peer_url, Duration::from_secs(30), |s| {
+        s["state"]["recoveries"]
+            .as_array()
+            .and_then(|r| r.last())
+            .is_some_and(|r| !r["ended_unix_ms"].is_null())
+    })
+    .await
+    .map_err(|last| anyhow::anyhow!("the recovery never ended: {last}"))?;
+    let last = &state["state"]["recoveries"].as_array().and_then(|r| r.last()).cloned().unwrap_or_default();
+    let steps = last["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{:>6} ms  {}",
+                        s["at_ms"].as_u64().unwrap_or(0),
+                        s["text"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((last["started_unix_ms"].as_i64().unwrap_or(0), last["writable_after_ms"].as_u64(), steps))
+}
+
+fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One row of the table: a measurement's name and its samples, or a count.
+type Measurement = (String, Samples);
+
+enum Samples {
+    Times(Vec<Duration>),
+    /// `n` events out of `of` rounds.
+    Count {
+        n: usize,
+        of: usize,
+        what: &'static str,
+    },
+}
+
+impl Samples {
+    fn figures(&self) -> String {
+        match self {
+            Samples::Times(t) => figures(t),
+            Samples::Count { n, of, what } => format!("{n} {what} in {of} rounds"),
+        }
+    }
+}
 
 /// `n=10 p50 140 ms p99 198 ms max 198 ms` of one measurement.
 fn figures(samples: &[Duration]) -> String {
@@ -346,39 +411,42 @@ fn figures(samples: &[Duration]) -> String {
 }
 
 /// Every measurement, one row each, one column of figures per flavor.
-fn print_table(results: &[(Flavor, Vec<Measurement>)]) {
+fn print_table(results: &[(String, Vec<Measurement>)]) {
     let names: Vec<&String> =
         results.first().map(|(_, r)| r.iter().map(|(n, _)| n).collect()).unwrap_or_default();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(11);
     let mut header = format!("{:<width$}", "measurement");
-    for (flavor, _) in results {
-        header.push_str(&format!(" | {:<42}", flavor.name()));
+    for (column, _) in results {
+        header.push_str(&format!(" | {column:<42}"));
     }
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     for (i, name) in names.iter().enumerate() {
         let mut row = format!("{name:<width$}");
         for (_, r) in results {
-            let cell = r.get(i).map(|(_, s)| figures(s)).unwrap_or_default();
+            let cell = r.get(i).map(|(_, s)| s.figures()).unwrap_or_default();
             row.push_str(&format!(" | {cell:<42}"));
         }
         println!("{row}");
     }
 }
 
-async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String], nodes: u8) -> anyhow::Result<()> {
+async fn failover(flavors: &[Flavor], rounds: usize, kinds: &[String], sizes: &[u8]) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &flavor in flavors {
         let version = match flavor {
             Flavor::Mariadb => "MariaDB".to_string(),
             Flavor::Mysql => orch_tests::db::MysqlRoot::find()?.version()?,
         };
-        println!(
-            "failover benchmark on {version}: semi-sync AFTER_SYNC, {nodes} hosts (server + peer each), \
-             probe interval 1 s"
-        );
-        results.push((flavor, failover_on(flavor, rounds, kinds, nodes).await?));
-        println!();
+        for &nodes in sizes {
+            println!(
+                "failover benchmark on {version}: semi-sync AFTER_SYNC, {nodes} hosts (server + peer each), \
+                 probe interval 1 s"
+            );
+            let column = format!("{} {nodes} nodes", flavor.name());
+            results.push((column, failover_on(flavor, rounds, kinds, nodes).await?));
+            println!();
+        }
     }
     print_table(&results);
     println!(
@@ -401,6 +469,7 @@ async fn failover_on(
         match kind.as_str() {
             "kill" | "stop" | "partition" => {
                 let (mut group_samples, mut nlb_samples) = (Vec::new(), Vec::new());
+                let (mut detect_samples, mut decided_samples) = (Vec::new(), Vec::new());
                 let (mut lost_writes, mut acknowledged_writes) = (0usize, 0usize);
                 for round in 1..=rounds {
                     let mut bed = failover_bed(flavor, nodes).await?;
@@ -413,6 +482,7 @@ async fn failover_on(
                     // A random moment relative to the probe cycle.
                     tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
                     let t0 = Instant::now();
+                    let t0_unix_ms = unix_millis_now();
                     let mut cut = None;
                     match kind.as_str() {
                         "kill" => bed.bed.cluster.servers[0].kill(),
@@ -445,6 +515,13 @@ async fn failover_on(
                         .as_str()
                         .and_then(|k| k.rsplit_once(':').map(|(h, _)| h.to_string()))
                         .ok_or_else(|| anyhow::anyhow!("no master recorded: {recorded}"))?;
+                    let (started_unix_ms, writable_after_ms, steps) =
+                        ended_recovery(&bed.bed.peers[1].url("/api/raft/state-machine")).await?;
+                    let detected = Duration::from_millis((started_unix_ms - t0_unix_ms).max(0) as u64);
+                    detect_samples.push(detected);
+                    if let Some(w) = writable_after_ms {
+                        decided_samples.push(Duration::from_millis(w));
+                    }
                     let on_master = orch_tests::writer::ids_on(&new_master).await?;
                     let lost = report.acknowledged.iter().filter(|id| !on_master.contains(id)).count();
                     lost_writes += lost;
@@ -458,6 +535,12 @@ async fn failover_on(
                         ms(through_nlb),
                         report.acknowledged.len()
                     );
+                    if std::env::var_os("BENCH_STEPS").is_some() {
+                        println!("        recovery started {} after the fault:", ms(detected));
+                        for step in &steps {
+                            println!("        {step}");
+                        }
+                    }
                     samples.push(took);
                     group_samples.push(moved);
                     nlb_samples.push(through_nlb);
@@ -480,9 +563,28 @@ async fn failover_on(
                 if lost_writes > 0 {
                     anyhow::bail!("{lost_writes} acknowledged write(s) lost after {fault}");
                 }
-                results.push((format!("{fault} -> write acknowledged by new master"), samples));
-                results.push((format!("{fault} -> write target group converged"), group_samples));
-                results.push((format!("{fault} -> write through the NLB stand-in (*)"), nlb_samples));
+                results
+                    .push((format!("{fault} -> write acknowledged by new master"), Samples::Times(samples)));
+                results.push((
+                    format!("{fault} -> recovery started (detection)"),
+                    Samples::Times(detect_samples),
+                ));
+                results.push((
+                    format!("{fault}: recovery start -> writable (recorded)"),
+                    Samples::Times(decided_samples),
+                ));
+                results.push((
+                    format!("{fault} -> write target group converged"),
+                    Samples::Times(group_samples),
+                ));
+                results.push((
+                    format!("{fault} -> write through the NLB stand-in (*)"),
+                    Samples::Times(nlb_samples),
+                ));
+                results.push((
+                    format!("{fault}: acknowledged writes lost"),
+                    Samples::Count { n: lost_writes, of: rounds, what: "lost" },
+                ));
             }
             "switchover" => {
                 let bed = failover_bed(flavor, nodes).await?;
@@ -510,7 +612,7 @@ async fn failover_on(
                     );
                     samples.push(report.longest_gap);
                 }
-                results.push(("planned switchover: longest write gap".into(), samples));
+                results.push(("planned switchover: longest write gap".into(), Samples::Times(samples)));
             }
             "stall" => {
                 // SIGSTOP for 0.9 s, then SIGCONT: no failover may follow.
@@ -532,6 +634,10 @@ async fn failover_on(
                     "\n{}: 0.9 s stalls, {rounds} rounds, {failovers} failover(s) caused",
                     flavor.name()
                 );
+                results.push((
+                    "0.9 s SIGSTOP stalls: failovers caused".into(),
+                    Samples::Count { n: failovers, of: rounds, what: "failovers" },
+                ));
             }
             other => anyhow::bail!("unknown kind `{other}` (kill, stop, partition, switchover, stall)"),
         }
