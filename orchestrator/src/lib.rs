@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod donor;
 pub mod fleet;
 pub mod leave;
+pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod mysql;

@@ -234,13 +234,14 @@ async fn run() -> anyhow::Result<()> {
     if config.mysql.write_check.is_none() {
         tracing::warn!("no [mysql.write_check] account: promotions are verified by read_only only");
     }
-    let prober = MysqlProber::new(ProbeSettings {
+    let probe_settings = ProbeSettings {
         user: config.mysql.user.clone(),
         credentials,
         connect_timeout: d.connect_timeout(),
         read_timeout: d.read_timeout(),
         default_port: config.mysql.default_port,
-    });
+    };
+    let prober = MysqlProber::new(probe_settings.clone());
     let (discovery, handle) = Discovery::new(
         prober,
         store.clone(),
@@ -303,6 +304,9 @@ async fn run() -> anyhow::Result<()> {
     let recovery =
         Arc::new(RecoveryService::new(raft.clone(), handle.clone(), admin.clone(), config.clone()));
     tokio::spawn(recovery.clone().run(stop_rx.clone()));
+    let liveness =
+        Arc::new(orchestrator::liveness::LivenessWatch::new(raft.clone(), handle.clone(), probe_settings));
+    tokio::spawn(liveness.run(stop_rx.clone()));
     match config.local_instance() {
         Some(local) => {
             tracing::info!(instance = %local, "guarding the co-located mysqld");

@@ -29,8 +29,11 @@ use crate::discovery::DiscoveryHandle;
 use crate::mysql::admin::MysqlAdmin;
 use crate::raft::{NodeId, RaftNode};
 use crate::state::{ClusterState, Command, RecoveryKind, RecoveryRecord};
-use crate::topology::{ClusterSnapshot, InstanceKey, InstanceState};
+use crate::topology::{ClusterSnapshot, FailureKind, InstanceKey, InstanceState};
 use crate::unix_millis_now;
+
+/// The recovery loop's wake-up when nothing changes.
+const IDLE_WAKE: Duration = Duration::from_millis(250);
 
 /// What the loop last concluded, for the API.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -129,14 +132,16 @@ impl RecoveryService {
         }
     }
 
-    /// Runs until shutdown: wakes on topology changes and at least every 250 ms.
+    /// Runs until shutdown: wakes on topology changes, at least every 250 ms, and the
+    /// moment a master failing by timeouts reaches the hang window.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut changes = self.discovery.store().subscribe();
         loop {
+            let wait = self.until_hang_window(unix_millis_now()).unwrap_or(IDLE_WAKE).min(IDLE_WAKE);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             if !self.node.is_leader() || !self.node.has_quorum_contact() {
                 self.stop_sentinels();
@@ -145,6 +150,23 @@ impl RecoveryService {
             self.tick().await;
         }
         self.stop_sentinels();
+    }
+
+    /// How long until the first master failing by timeouts has done so for the hang
+    /// window (`None`: no master is timing out, or every one already reached it).
+    fn until_hang_window(&self, now_unix_ms: i64) -> Option<Duration> {
+        let window = self.config.recovery.hang_window_ms as i64;
+        self.discovery
+            .store()
+            .clusters()
+            .iter()
+            .filter_map(|c| c.instance(&c.master))
+            .filter(|m| !m.state.reachable && m.state.failure == Some(FailureKind::Timeout))
+            .filter_map(|m| m.state.unreachable_since_unix_ms)
+            .map(|since| since + window - now_unix_ms)
+            .filter(|left| *left >= 0)
+            .min()
+            .map(|left| Duration::from_millis(left as u64 + 1))
     }
 
     async fn tick(self: &Arc<Self>) {
@@ -219,15 +241,24 @@ impl RecoveryService {
         let downtimed = state.downtimed_at(unix_millis_now());
         let voters = self.node.status().members.iter().filter(|m| m.voter).count();
         let settings = self.settings();
-        let master_down = snapshot.instance(&snapshot.master).is_some_and(|m| !m.state.reachable);
+        let master_state = snapshot.instance(&snapshot.master).map(|m| &m.state);
+        let master_down = master_state.is_some_and(|m| !m.reachable);
+        // A master failing by timeouts is watched by every peer's pinger (see
+        // `liveness`): probing it again here would last the whole read timeout, and
+        // the peers' views are current without a probe of their own.
+        let timing_out = master_state.is_some_and(|m| m.failure == Some(FailureKind::Timeout));
         let (snapshot, observations) = if master_down {
             // Look again now: the master, its replicas, and every other peer's eyes.
             let master = snapshot.master.clone();
             let replicas = snapshot.replica_keys();
             let (_, _, observations) = tokio::join!(
-                self.discovery.observe(&master),
+                async {
+                    if !timing_out {
+                        self.discovery.observe(&master).await;
+                    }
+                },
                 futures::future::join_all(replicas.iter().map(|r| self.discovery.observe(r))),
-                self.ask_peers(&master)
+                self.ask_peers(&master, !timing_out)
             );
             match self.discovery.store().cluster(alias) {
                 Some(fresh) => (fresh, observations),
@@ -248,7 +279,7 @@ impl RecoveryService {
     }
 
     /// Every other voter's fresh probe of `instance`.
-    async fn ask_peers(&self, instance: &InstanceKey) -> Vec<PeerObservation> {
+    async fn ask_peers(&self, instance: &InstanceKey, probe_now: bool) -> Vec<PeerObservation> {
         let members: Vec<(NodeId, String)> = self
             .node
             .status()
@@ -265,7 +296,7 @@ impl RecoveryService {
         let asks = calls.into_iter().map(|(id, mut client)| {
             let instance = instance.to_string();
             async move {
-                let mut req = tonic::Request::new(PeerViewRequest { instance, probe_now: true });
+                let mut req = tonic::Request::new(PeerViewRequest { instance, probe_now });
                 req.set_timeout(timeout);
                 let reply = client.peer_view(req).await.ok()?.into_inner();
                 let states: Vec<InstanceState> = serde_json::from_slice(&reply.instances_json).ok()?;
