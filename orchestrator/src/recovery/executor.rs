@@ -132,7 +132,13 @@ struct Log {
 
 impl Log {
     fn step(&mut self, what: impl Into<String>) {
-        let step = RecoveryStep { at_ms: self.started.elapsed().as_millis() as u64, text: what.into() };
+        self.step_at(Instant::now(), what);
+    }
+
+    /// A step that happened at `at` (logged after it, once concurrent work is joined).
+    fn step_at(&mut self, at: Instant, what: impl Into<String>) {
+        let at_ms = at.saturating_duration_since(self.started).as_millis() as u64;
+        let step = RecoveryStep { at_ms, text: what.into() };
         tracing::info!(step = %step, "recovery");
         self.steps.push(step);
     }
@@ -454,18 +460,40 @@ async fn promote_steps<C: Control, D: Decisions>(
     let master_now = if switchover { control.probe(&req.failed_master).await.ok() } else { None };
     let candidate = plan.candidate.clone();
     log.step(format!("candidate {candidate} (passed over: {})", show_passed_over(&plan.passed_over)));
-    if recorded_candidate.is_none() {
-        match decisions.decide(Command::SetRecoveryCandidate { id, candidate: candidate.clone() }).await {
-            Ok(_) => {}
-            Err(e) => return Err(fail(format!("candidate not recorded in Raft: {e}"))),
+    // The candidate is recorded in Raft before it is touched: a leader that takes over
+    // resumes with it. Waiting for it to apply its relay log only reads, so the record
+    // goes beside that wait; a catch-up from a donor changes its source, so after.
+    let resumed = recorded_candidate.is_some();
+    let record = {
+        let candidate = candidate.clone();
+        async move {
+            if resumed {
+                return Ok(());
+            }
+            decisions
+                .decide(Command::SetRecoveryCandidate { id, candidate })
+                .await
+                .map(|_| ())
+                .map_err(|e| fail(format!("candidate not recorded in Raft: {e}")))
+        }
+    };
+    let needs_donor = plan.donor.is_some();
+    let mut record = Some(record);
+    if needs_donor {
+        if let Some(record) = record.take() {
+            record.await?;
         }
     }
 
     // A resumed recovery whose candidate the previous leader already promoted goes
     // straight on to repointing: catching a writable master up from a donor would
-    // demote it (simulator seeds 14529, 14975).
+    // demote it (simulator seeds 14529, 14975). A promoted candidate forgets its old
+    // source in the background, after its IO thread has exited: writable with no
+    // IO thread running is promoted.
     let already_promoted = recorded_candidate.is_some()
-        && control.probe(&candidate).await.is_ok_and(|p| !p.read_only && p.replication.is_none());
+        && control.probe(&candidate).await.is_ok_and(|p| {
+            !p.read_only && p.replication.as_ref().is_none_or(|r| r.io_thread != ThreadState::Running)
+        });
     if already_promoted {
         log.step(format!("{candidate} was already promoted by the previous leader"));
     }
@@ -491,12 +519,22 @@ async fn promote_steps<C: Control, D: Decisions>(
         log.step(format!("{candidate} caught up from {donor}"));
     }
     let must_have = master_now.as_ref().map(|m| m.gtid_executed.clone());
-    poll_until(timings, if already_promoted { Duration::ZERO } else { timings.apply_wait }, || async {
-        let p = control.probe(&candidate).await?;
-        Ok(caught_up(&p) && must_have.as_ref().is_none_or(|m| m.is_subset_of(&p.gtid_executed)))
-    })
-    .await
-    .map_err(|e| fail(format!("{candidate} did not apply everything it received: {e}")))?;
+    let applied = async {
+        poll_until(timings, if already_promoted { Duration::ZERO } else { timings.apply_wait }, || async {
+            let p = control.probe(&candidate).await?;
+            Ok(caught_up(&p) && must_have.as_ref().is_none_or(|m| m.is_subset_of(&p.gtid_executed)))
+        })
+        .await
+        .map_err(|e| fail(format!("{candidate} did not apply everything it received: {e}")))
+    };
+    match record {
+        Some(record) => {
+            let (recorded, applied) = tokio::join!(record, applied);
+            recorded?;
+            applied?;
+        }
+        None => applied.await?,
+    }
     log.step(format!("{candidate} applied everything it received"));
 
     // 5. Promote, then repoint the others (and, in a switchover, the old master).
@@ -512,35 +550,46 @@ async fn promote_steps<C: Control, D: Decisions>(
         })?;
     }
     // The others may replicate from the candidate before it is writable: both at once.
+    // The promotion and the write check wait for no repoint: the check's commit waits
+    // for the first replica to connect and acknowledge (a repoint can be slow on a
+    // replica whose old IO thread lingers), not for the last.
     // From here a failure still names the candidate as the new master: a promotion
     // whose answer was lost may have taken effect (simulator seed 83).
     let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
+    let promote_and_check = async {
+        let (promotion, took) = timed(control.promote(&candidate, semi_sync)).await;
+        promotion.map_err(|e| promoted(format!("promote {candidate}: {e}")))?;
+        let promoted_at = Instant::now();
+        let checked = poll_until(timings, timings.verify_wait, || async {
+            control.verify_write(&candidate).await.map(|_| true)
+        })
+        .await
+        .map(|_| Instant::now());
+        Ok::<_, StepFailure>((promoted_at, took, checked))
+    };
     let (promotion, repointed) = tokio::join!(
-        timed(control.promote(&candidate, semi_sync)),
-        futures::future::join_all(to_repoint.iter().map(|k| timed(control.replicate_from(k, &candidate))))
+        promote_and_check,
+        futures::future::join_all(to_repoint.iter().map(|k| async {
+            let (r, took) = timed(control.replicate_from(k, &candidate)).await;
+            (r, took, Instant::now())
+        }))
     );
-    let (promotion, promote_took) = promotion;
-    promotion.map_err(|e| promoted(format!("promote {candidate}: {e}")))?;
-    log.step(format!("promoted {candidate} ({} ms)", promote_took.as_millis()));
+    let (promoted_at, promote_took, checked) = promotion?;
+    log.step_at(promoted_at, format!("promoted {candidate} ({} ms)", promote_took.as_millis()));
     let mut problems = Vec::new();
-    for (k, (r, took)) in to_repoint.iter().zip(repointed) {
+    for (k, (r, took, at)) in to_repoint.iter().zip(repointed) {
         match r {
-            Ok(()) => log.step(format!("repointed {k} ({} ms)", took.as_millis())),
+            Ok(()) => log.step_at(at, format!("repointed {k} ({} ms)", took.as_millis())),
             Err(e) => problems.push(format!("repoint {k}: {e}")),
         }
     }
     log.step(format!("repointed {} replica(s) to {candidate}", to_repoint.len() - problems.len()));
 
     // 6. Post-conditions: a write as the application, replicas connected.
-    if let Err(e) = poll_until(timings, timings.verify_wait, || async {
-        control.verify_write(&candidate).await.map(|_| true)
-    })
-    .await
-    {
-        return Err(promoted(format!("{candidate} was promoted but does not take writes: {e}")));
-    }
-    log.writable_at = Some(log.started.elapsed());
-    log.step(format!("write check passed on {candidate}"));
+    let checked_at =
+        checked.map_err(|e| promoted(format!("{candidate} was promoted but does not take writes: {e}")))?;
+    log.writable_at = Some(checked_at.saturating_duration_since(log.started));
+    log.step_at(checked_at, format!("write check passed on {candidate}"));
     // All at once: the outcome (which moves the master in Raft, and so the NLB) waits
     // for the slowest replica, not for the sum of them.
     let connected = futures::future::join_all(to_repoint.iter().map(|k| {
