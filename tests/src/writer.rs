@@ -22,6 +22,9 @@ pub struct WriterReport {
     pub longest_gap: Duration,
     /// When that gap ended (since the writer started).
     pub longest_gap_end: Duration,
+    /// Client-side waits of 100 ms or more (a connect, a query, an insert), as
+    /// `what host: ms at ms-since-start`: whether a gap was the writer's or the server's.
+    pub slow: Vec<String>,
 }
 
 /// A writer running in the background until stopped.
@@ -44,18 +47,39 @@ async fn connect(host: &str) -> Option<Conn> {
 
 /// The first of `hosts` that answers and is writable, connected as the application.
 pub async fn find_master(hosts: &[String]) -> Option<Conn> {
+    find_master_noting(hosts, &mut Vec::new(), Instant::now()).await
+}
+
+/// As [`find_master`], noting in `slow` every connect or query of 100 ms or more.
+async fn find_master_noting(hosts: &[String], slow: &mut Vec<String>, since: Instant) -> Option<Conn> {
     for h in hosts {
-        let Some(mut c) = connect(h).await else { continue };
+        let t = Instant::now();
+        let conn = connect(h).await;
+        note_slow(slow, "connect", h, t, since);
+        let Some(mut c) = conn else { continue };
+        let t = Instant::now();
         let ro: Option<Option<i64>> =
             tokio::time::timeout(Duration::from_millis(500), c.query_first("SELECT @@read_only"))
                 .await
                 .ok()?
                 .ok();
+        note_slow(slow, "read_only", h, t, since);
         if ro == Some(Some(0)) {
             return Some(c);
         }
     }
     None
+}
+
+fn note_slow(slow: &mut Vec<String>, what: &str, host: &str, started: Instant, since: Instant) {
+    let took = started.elapsed();
+    if took >= Duration::from_millis(100) {
+        slow.push(format!(
+            "{what} {host}: {} ms at {} ms",
+            took.as_millis(),
+            started.saturating_duration_since(since).as_millis()
+        ));
+    }
 }
 
 impl Writer {
@@ -76,7 +100,9 @@ impl Writer {
                 .unwrap_or(1_000_000);
             while !s.load(Ordering::Relaxed) {
                 if conn.is_none() {
-                    conn = find_master(&hosts).await;
+                    let mut slow = Vec::new();
+                    conn = find_master_noting(&hosts, &mut slow, started).await;
+                    r.lock().expect("report").slow.extend(slow);
                     if conn.is_none() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
@@ -85,7 +111,10 @@ impl Writer {
                 id += 1;
                 let c = conn.as_mut().expect("connected");
                 let sql = format!("INSERT INTO app.writes (id) VALUES ({id})");
-                match tokio::time::timeout(timeout, c.query_drop(sql)).await {
+                let t = Instant::now();
+                let inserted = tokio::time::timeout(timeout, c.query_drop(sql)).await;
+                note_slow(&mut r.lock().expect("report").slow, "insert", "", t, started);
+                match inserted {
                     Ok(Ok(())) => {
                         let now = Instant::now();
                         let mut rep = r.lock().expect("report");

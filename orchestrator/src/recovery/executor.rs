@@ -477,7 +477,10 @@ async fn promote_steps<C: Control, D: Decisions>(
                 .map_err(|e| fail(format!("candidate not recorded in Raft: {e}")))
         }
     };
-    let needs_donor = plan.donor.is_some();
+    // In a switchover the old master is alive (read-only now) and the candidate still
+    // receives from it: it gets the rest from there, never from a donor.
+    let donor = plan.donor.as_ref().filter(|_| !switchover);
+    let needs_donor = donor.is_some();
     let mut record = Some(record);
     if needs_donor {
         if let Some(record) = record.take() {
@@ -500,7 +503,7 @@ async fn promote_steps<C: Control, D: Decisions>(
 
     // 4. Catch up: from a donor if one has more, then apply the relay log; in a
     //    switchover, everything the (now read-only) master executed.
-    if let Some(donor) = plan.donor.as_ref().filter(|_| !already_promoted) {
+    if let Some(donor) = donor.filter(|_| !already_promoted) {
         poll_until(timings, timings.apply_wait, || async {
             control.probe(donor).await.map(|p| caught_up(&p))
         })

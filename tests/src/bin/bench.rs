@@ -593,7 +593,9 @@ async fn failover_on(
                     let target = &hosts[round % hosts.len()];
                     let writer =
                         Writer::start(hosts.clone(), Duration::from_millis(2), Duration::from_secs(2));
+                    let writer_started = Instant::now();
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    let asked_at = writer_started.elapsed();
                     let url = bed.bed.peers[0]
                         .url(&format!("/api/graceful-master-takeover/{BENCH_ALIAS}/{target}/3306"));
                     let resp = http_client().post(&url).send().await?;
@@ -604,12 +606,30 @@ async fn failover_on(
                     if !ok {
                         anyhow::bail!("switchover to {target} failed: {body}");
                     }
+                    let gap_start = report.longest_gap_end.saturating_sub(report.longest_gap);
                     println!(
-                        "{:>7} switchover round {round:>2} to {target}: write gap {} ({} writes acknowledged)",
+                        "{:>7} switchover round {round:>2} to {target}: write gap {} ({} writes acknowledged), \
+                         from {:+.0} ms to {:+.0} ms of the request",
                         flavor.name(),
                         ms(report.longest_gap),
-                        report.acknowledged.len()
+                        report.acknowledged.len(),
+                        gap_start.as_secs_f64() * 1000.0 - asked_at.as_secs_f64() * 1000.0,
+                        report.longest_gap_end.as_secs_f64() * 1000.0 - asked_at.as_secs_f64() * 1000.0,
                     );
+                    if !report.slow.is_empty() {
+                        println!(
+                            "        slow client waits (since the writer started; request at {} ms): {}",
+                            asked_at.as_millis(),
+                            report.slow.join(", ")
+                        );
+                    }
+                    if std::env::var_os("BENCH_STEPS").is_some() {
+                        let (_, _, steps) =
+                            ended_recovery(&bed.bed.peers[0].url("/api/raft/state-machine")).await?;
+                        for step in &steps {
+                            println!("        {step}");
+                        }
+                    }
                     samples.push(report.longest_gap);
                 }
                 results.push(("planned switchover: longest write gap".into(), Samples::Times(samples)));
