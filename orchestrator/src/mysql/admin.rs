@@ -269,11 +269,48 @@ const SLOW_STATEMENT: Duration = Duration::from_millis(100);
 /// Runs recovery commands on real servers.
 pub struct MysqlAdmin {
     settings: AdminSettings,
+    /// What each instance was found to be, read once: a recovery's steps each open a
+    /// connection to the same servers, and every round trip saved is on its path.
+    known: std::sync::Mutex<std::collections::HashMap<InstanceKey, KnownServer>>,
+}
+
+/// Facts about a server that do not change while it runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownServer {
+    flavor: Option<Flavor>,
+    /// The semi-sync source variable, once a plugin providing it was seen loaded (a
+    /// server without one is asked again: the plugin may be installed later).
+    semi_sync_source: Option<&'static str>,
 }
 
 impl MysqlAdmin {
     pub fn new(settings: AdminSettings) -> Self {
-        Self { settings }
+        Self { settings, known: Default::default() }
+    }
+
+    /// Reads what is not yet known of each of `keys` (flavor, semi-sync variable), so a
+    /// recovery about to start does not ask for it on its path; errors are ignored.
+    pub async fn learn(&self, keys: &[InstanceKey]) {
+        futures::future::join_all(keys.iter().map(|key| async move {
+            let known = self.known(key);
+            if known.flavor.is_some() && known.semi_sync_source.is_some() {
+                return;
+            }
+            let Ok(mut conn) = self.open(key).await else { return };
+            let _ = self.flavor(key, &mut conn).await;
+            let _ = self.semi_sync_source_variable(key, &mut conn).await;
+        }))
+        .await;
+    }
+
+    fn known(&self, key: &InstanceKey) -> KnownServer {
+        self.known.lock().ok().and_then(|k| k.get(key).copied()).unwrap_or_default()
+    }
+
+    fn remember(&self, key: &InstanceKey, update: impl FnOnce(&mut KnownServer)) {
+        if let Ok(mut known) = self.known.lock() {
+            update(known.entry(key.clone()).or_default());
+        }
     }
 
     pub fn settings(&self) -> &AdminSettings {
@@ -351,6 +388,9 @@ impl MysqlAdmin {
     }
 
     async fn flavor(&self, key: &InstanceKey, conn: &mut Conn) -> Result<Flavor, AdminError> {
+        if let Some(flavor) = self.known(key).flavor {
+            return Ok(flavor);
+        }
         let row: Option<(String, String)> = tokio::time::timeout(
             self.settings.statement_timeout,
             conn.query_first("SELECT @@version, @@version_comment"),
@@ -359,7 +399,9 @@ impl MysqlAdmin {
         .map_err(|_| Self::error(key, "version", "no answer"))?
         .map_err(|e| Self::error(key, "version", e))?;
         let (version, comment) = row.unwrap_or_default();
-        Ok(Flavor::detect(&version, &comment))
+        let flavor = Flavor::detect(&version, &comment);
+        self.remember(key, |k| k.flavor = Some(flavor));
+        Ok(flavor)
     }
 
     /// Makes `key` read-only and kills its client connections. Writes in flight get an
@@ -472,13 +514,20 @@ impl MysqlAdmin {
         key: &InstanceKey,
         conn: &mut Conn,
     ) -> Result<Option<&'static str>, AdminError> {
+        if let Some(variable) = self.known(key).semi_sync_source {
+            return Ok(Some(variable));
+        }
         let sql = "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%enabled'";
         let rows: Vec<(String, String)> =
             tokio::time::timeout(self.settings.statement_timeout, conn.query(sql))
                 .await
                 .map_err(|_| Self::error(key, sql, "no answer"))?
                 .map_err(|e| Self::error(key, sql, e))?;
-        Ok(semi_sync_source_variable(rows.iter().map(|(name, _)| name.as_str())))
+        let variable = semi_sync_source_variable(rows.iter().map(|(name, _)| name.as_str()));
+        if variable.is_some() {
+            self.remember(key, |k| k.semi_sync_source = variable);
+        }
+        Ok(variable)
     }
 
     async fn kill_clients(&self, key: &InstanceKey, conn: &mut Conn) -> Result<(), AdminError> {

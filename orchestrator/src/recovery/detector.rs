@@ -5,7 +5,10 @@
 //! Speed: it wakes on every change of the topology, and while a master looks down it
 //! looks again at once (the master, its replicas, and every peer through `PeerView`)
 //! instead of waiting for the next poll. A sentinel TCP connection to each master
-//! notices a killed `mysqld` the moment its socket closes.
+//! notices a killed `mysqld` the moment its socket closes. A hung master is seen by
+//! every peer's pinger ([`crate::liveness`]); the loop then wakes the moment the hang
+//! window is reached, and neither probes the master again nor has the peers probe it
+//! (against a hung server a probe lasts its whole read timeout).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +34,9 @@ use crate::raft::{NodeId, RaftNode};
 use crate::state::{ClusterState, Command, RecoveryKind, RecoveryRecord};
 use crate::topology::{ClusterSnapshot, FailureKind, InstanceKey, InstanceState};
 use crate::unix_millis_now;
+
+/// How long a peer gets to send its stored view of an instance.
+const STORED_VIEW_WAIT: Duration = Duration::from_millis(150);
 
 /// The recovery loop's wake-up when nothing changes.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
@@ -251,6 +257,10 @@ impl RecoveryService {
             // Look again now: the master, its replicas, and every other peer's eyes.
             let master = snapshot.master.clone();
             let replicas = snapshot.replica_keys();
+            // What a recovery would ask each replica first, read now, beside the look.
+            let admin = self.admin.clone();
+            let learn = replicas.clone();
+            tokio::spawn(async move { admin.learn(&learn).await });
             let (_, _, observations) = tokio::join!(
                 async {
                     if !timing_out {
@@ -292,7 +302,13 @@ impl RecoveryService {
         let calls: Vec<(NodeId, RaftClient<Channel>)> =
             members.into_iter().filter_map(|(id, _)| self.node.peer_client(id).map(|c| (id, c))).collect();
         let d = &self.config.discovery;
-        let timeout = d.connect_timeout() + d.read_timeout() + Duration::from_millis(300);
+        // A fresh probe lasts up to its connect and read timeouts; a stored view answers
+        // at once, and a peer that does not (cut off, say) must not hold up the others'.
+        let timeout = if probe_now {
+            d.connect_timeout() + d.read_timeout() + Duration::from_millis(300)
+        } else {
+            STORED_VIEW_WAIT
+        };
         let asks = calls.into_iter().map(|(id, mut client)| {
             let instance = instance.to_string();
             async move {
