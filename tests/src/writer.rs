@@ -50,22 +50,32 @@ pub async fn find_master(hosts: &[String]) -> Option<Conn> {
     find_master_noting(hosts, &mut Vec::new(), Instant::now()).await
 }
 
-/// As [`find_master`], noting in `slow` every connect or query of 100 ms or more.
+/// As [`find_master`], noting in `slow` every connect or query of 100 ms or more. The
+/// hosts are tried at once, as a client looking for the writable server would: one
+/// host slow to answer (a fenced MySQL master can hold a new connection's handshake
+/// for hundreds of ms) does not hide another that takes writes.
 async fn find_master_noting(hosts: &[String], slow: &mut Vec<String>, since: Instant) -> Option<Conn> {
-    for h in hosts {
+    let tries = hosts.iter().map(|h| async move {
+        let mut noted = Vec::new();
         let t = Instant::now();
         let conn = connect(h).await;
-        note_slow(slow, "connect", h, t, since);
-        let Some(mut c) = conn else { continue };
+        note_slow(&mut noted, "connect", h, t, since);
+        let Some(mut c) = conn else { return (None, noted) };
         let t = Instant::now();
         let ro: Option<Option<i64>> =
             tokio::time::timeout(Duration::from_millis(500), c.query_first("SELECT @@read_only"))
                 .await
-                .ok()?
-                .ok();
-        note_slow(slow, "read_only", h, t, since);
-        if ro == Some(Some(0)) {
-            return Some(c);
+                .ok()
+                .and_then(Result::ok);
+        note_slow(&mut noted, "read_only", h, t, since);
+        (if ro == Some(Some(0)) { Some(c) } else { None }, noted)
+    });
+    let mut pending: futures::stream::FuturesUnordered<_> = tries.collect();
+    use futures::StreamExt;
+    while let Some((found, noted)) = pending.next().await {
+        slow.extend(noted);
+        if found.is_some() {
+            return found;
         }
     }
     None

@@ -281,6 +281,8 @@ struct KnownServer {
     /// The semi-sync source variable, once a plugin providing it was seen loaded (a
     /// server without one is asked again: the plugin may be installed later).
     semi_sync_source: Option<&'static str>,
+    /// When [`MysqlAdmin::learn`] last asked (it asks a server again after 10 s).
+    learned_unix_ms: i64,
 }
 
 impl MysqlAdmin {
@@ -293,9 +295,13 @@ impl MysqlAdmin {
     pub async fn learn(&self, keys: &[InstanceKey]) {
         futures::future::join_all(keys.iter().map(|key| async move {
             let known = self.known(key);
-            if known.flavor.is_some() && known.semi_sync_source.is_some() {
+            let now = crate::unix_millis_now();
+            if known.flavor.is_some()
+                && (known.semi_sync_source.is_some() || now - known.learned_unix_ms < 10_000)
+            {
                 return;
             }
+            self.remember(key, |k| k.learned_unix_ms = now);
             let Ok(mut conn) = self.open(key).await else { return };
             let _ = self.flavor(key, &mut conn).await;
             let _ = self.semi_sync_source_variable(key, &mut conn).await;

@@ -288,7 +288,8 @@ impl RecoveryService {
         })
     }
 
-    /// Every other voter's fresh probe of `instance`.
+    /// Every other voter's view of `instance`: a fresh probe when `probe_now`, else
+    /// what it holds (kept current by its pinger when `instance` is a master).
     async fn ask_peers(&self, instance: &InstanceKey, probe_now: bool) -> Vec<PeerObservation> {
         let members: Vec<(NodeId, String)> = self
             .node

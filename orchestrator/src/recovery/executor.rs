@@ -480,13 +480,13 @@ async fn promote_steps<C: Control, D: Decisions>(
     // In a switchover the old master is alive (read-only now) and the candidate still
     // receives from it: it gets the rest from there, never from a donor.
     let donor = plan.donor.as_ref().filter(|_| !switchover);
-    let needs_donor = donor.is_some();
-    let mut record = Some(record);
-    if needs_donor {
-        if let Some(record) = record.take() {
+    let record = match donor {
+        Some(_) => {
             record.await?;
+            None
         }
-    }
+        None => Some(record),
+    };
 
     // A resumed recovery whose candidate the previous leader already promoted goes
     // straight on to repointing: catching a writable master up from a donor would
