@@ -287,11 +287,16 @@ pub fn peers_seeing_unreachable(input: &AnalysisInput, instance: &InstanceKey) -
 /// treat as dead). The state records the last failure's kind and when the run of
 /// failures began, so "only by timeouts" is read as "the last failure was a timeout".
 pub fn is_hung(state: &InstanceState, settings: &AnalysisSettings, now_unix_ms: i64) -> bool {
-    !state.reachable
-        && state.failure == Some(FailureKind::Timeout)
-        && state
-            .unreachable_since_unix_ms
-            .is_some_and(|since| now_unix_ms.saturating_sub(since) >= settings.hang_window_ms)
+    hung_from(state, settings.hang_window_ms).is_some_and(|at| now_unix_ms >= at)
+}
+
+/// When `instance`, failing by timeouts now, counts as hung (unix ms): the start of
+/// its run of failures plus the hang window. `None` when it is not failing by timeouts.
+pub fn hung_from(state: &InstanceState, hang_window_ms: i64) -> Option<i64> {
+    if state.reachable || state.failure != Some(FailureKind::Timeout) {
+        return None;
+    }
+    state.unreachable_since_unix_ms.map(|since| since.saturating_add(hang_window_ms))
 }
 
 /// GTIDs a replica executed that came neither from the master nor through its own IO

@@ -26,7 +26,9 @@ use super::executor::{
 };
 use super::plan::{assess, FailoverPlan};
 use super::shell::{MysqlControl, ShellHooks};
-use crate::analysis::{analyze, AnalysisCode, AnalysisInput, AnalysisSettings, PeerObservation, Problem};
+use crate::analysis::{
+    analyze, hung_from, AnalysisCode, AnalysisInput, AnalysisSettings, PeerObservation, Problem,
+};
 use crate::config::Config;
 use crate::discovery::DiscoveryHandle;
 use crate::mysql::admin::MysqlAdmin;
@@ -167,9 +169,8 @@ impl RecoveryService {
             .clusters()
             .iter()
             .filter_map(|c| c.instance(&c.master))
-            .filter(|m| !m.state.reachable && m.state.failure == Some(FailureKind::Timeout))
-            .filter_map(|m| m.state.unreachable_since_unix_ms)
-            .map(|since| since + window - now_unix_ms)
+            .filter_map(|m| hung_from(&m.state, window))
+            .map(|hung_at| hung_at - now_unix_ms)
             .filter(|left| *left >= 0)
             .min()
             .map(|left| Duration::from_millis(left as u64 + 1))

@@ -368,13 +368,6 @@ async fn ended_recovery(peer_url: &str) -> anyhow::Result<(i64, Option<u64>, Vec
     Ok((last["started_unix_ms"].as_i64().unwrap_or(0), last["writable_after_ms"].as_u64(), steps))
 }
 
-fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// One row of the table: a measurement's name and its samples, or a count.
 type Measurement = (String, Samples);
 
@@ -482,7 +475,7 @@ async fn failover_on(
                     // A random moment relative to the probe cycle.
                     tokio::time::sleep(Duration::from_millis(200 + rng.below(1000))).await;
                     let t0 = Instant::now();
-                    let t0_unix_ms = unix_millis_now();
+                    let t0_unix_ms = orchestrator::unix_millis_now();
                     let mut cut = None;
                     match kind.as_str() {
                         "kill" => bed.bed.cluster.servers[0].kill(),
@@ -563,24 +556,15 @@ async fn failover_on(
                 if lost_writes > 0 {
                     anyhow::bail!("{lost_writes} acknowledged write(s) lost after {fault}");
                 }
-                results
-                    .push((format!("{fault} -> write acknowledged by new master"), Samples::Times(samples)));
-                results.push((
-                    format!("{fault} -> recovery started (detection)"),
-                    Samples::Times(detect_samples),
-                ));
-                results.push((
-                    format!("{fault}: recovery start -> writable (recorded)"),
-                    Samples::Times(decided_samples),
-                ));
-                results.push((
-                    format!("{fault} -> write target group converged"),
-                    Samples::Times(group_samples),
-                ));
-                results.push((
-                    format!("{fault} -> write through the NLB stand-in (*)"),
-                    Samples::Times(nlb_samples),
-                ));
+                for (row, times) in [
+                    (" -> write acknowledged by new master", samples),
+                    (" -> recovery started (detection)", detect_samples),
+                    (": recovery start -> writable (recorded)", decided_samples),
+                    (" -> write target group converged", group_samples),
+                    (" -> write through the NLB stand-in (*)", nlb_samples),
+                ] {
+                    results.push((format!("{fault}{row}"), Samples::Times(times)));
+                }
                 results.push((
                     format!("{fault}: acknowledged writes lost"),
                     Samples::Count { n: lost_writes, of: rounds, what: "lost" },
