@@ -89,11 +89,14 @@ impl std::fmt::Debug for ProbeSettings {
 pub struct MysqlProber {
     settings: ProbeSettings,
     connections: Mutex<HashMap<InstanceKey, Conn>>,
+    /// Each instance's flavor as last probed: the next probe sends all its queries at
+    /// once in that flavor's dialect.
+    flavors: Mutex<HashMap<InstanceKey, Flavor>>,
 }
 
 impl MysqlProber {
     pub fn new(settings: ProbeSettings) -> Self {
-        Self { settings, connections: Mutex::new(HashMap::new()) }
+        Self { settings, connections: Mutex::new(HashMap::new()), flavors: Mutex::new(HashMap::new()) }
     }
 
     /// Opens a new connection to `key`, bounded by the connect timeout.
@@ -106,10 +109,14 @@ impl MysqlProber {
     /// error it is dropped.
     async fn probe_with(&self, key: &InstanceKey, mut conn: Conn) -> Result<InstanceProbe, ProbeError> {
         let timeout = self.settings.read_timeout;
-        let result = tokio::time::timeout(timeout, probe_on(&mut conn, self.settings.default_port))
+        let known = self.flavors.lock().ok().and_then(|f| f.get(key).copied());
+        let result = tokio::time::timeout(timeout, probe_on(&mut conn, self.settings.default_port, known))
             .await
             .unwrap_or(Err(ProbeError::ReadTimeout(timeout)));
-        if result.is_ok() {
+        if let Ok(probe) = &result {
+            if let Ok(mut flavors) = self.flavors.lock() {
+                flavors.insert(key.clone(), probe.flavor);
+            }
             self.return_connection(key, conn);
         }
         result
@@ -289,30 +296,90 @@ impl Dialect {
         "SELECT HOST AS host FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'";
 }
 
-/// Runs every probe query on an open connection.
-async fn probe_on(conn: &mut Conn, default_port: u16) -> Result<InstanceProbe, ProbeError> {
-    let identity = query_maps(conn, Dialect::IDENTITY).await?;
-    let identity =
-        identity.first().ok_or_else(|| ProbeError::Unexpected("identity query returned no row".into()))?;
-    let flavor = Flavor::detect(
+/// The probe's queries after the identity, for `flavor`, sent as one batch.
+pub fn probe_batch(flavor: Flavor) -> [&'static str; 6] {
+    [
+        Dialect::gtid_sql(flavor),
+        Dialect::replica_status_sql(flavor),
+        Dialect::replica_hosts_sql(flavor),
+        Dialect::BINLOG_DUMP_CLIENTS,
+        Dialect::SEMI_SYNC_VARIABLES,
+        Dialect::SEMI_SYNC_STATUS,
+    ]
+}
+
+/// Runs `statements` as one multi-statement query (one round trip) and returns each
+/// statement's rows, in order.
+pub async fn query_map_sets(conn: &mut Conn, statements: &[&str]) -> Result<Vec<Vec<RowMap>>, ProbeError> {
+    let sql = statements.join("; ");
+    let failed =
+        |e: mysql_async::Error| ProbeError::Query { sql: sql.clone(), message: one_line(&e.to_string()) };
+    let mut result = conn.query_iter(sql.as_str()).await.map_err(failed)?;
+    let mut sets = Vec::with_capacity(statements.len());
+    for _ in statements {
+        let rows: Vec<Row> = result.collect().await.map_err(failed)?;
+        sets.push(rows.iter().map(row_map).collect());
+    }
+    result.drop_result().await.map_err(failed)?;
+    Ok(sets)
+}
+
+/// Runs every probe query on an open connection: the identity and the rest in one
+/// round trip when the flavor is known from an earlier probe (`known`), else the
+/// identity first. A flavor that turns out different (another server on the same
+/// address) is probed again with its own dialect.
+async fn probe_on(
+    conn: &mut Conn,
+    default_port: u16,
+    known: Option<Flavor>,
+) -> Result<InstanceProbe, ProbeError> {
+    if let Some(flavor) = known {
+        let mut statements = vec![Dialect::IDENTITY];
+        statements.extend(probe_batch(flavor));
+        if let Ok(mut sets) = query_map_sets(conn, &statements).await {
+            let rest = sets.split_off(1);
+            let identity = first_row(sets.remove(0), "identity")?;
+            if identity_flavor(&identity) == flavor {
+                return probe_from_sets(flavor, &identity, rest, default_port);
+            }
+        }
+    }
+    let identity = first_row(query_maps(conn, Dialect::IDENTITY).await?, "identity")?;
+    let flavor = identity_flavor(&identity);
+    let sets = query_map_sets(conn, &probe_batch(flavor)).await?;
+    probe_from_sets(flavor, &identity, sets, default_port)
+}
+
+fn first_row(rows: Vec<RowMap>, what: &str) -> Result<RowMap, ProbeError> {
+    rows.into_iter().next().ok_or_else(|| ProbeError::Unexpected(format!("{what} query returned no row")))
+}
+
+fn identity_flavor(identity: &RowMap) -> Flavor {
+    Flavor::detect(
         column(identity, &["version"]).unwrap_or(""),
         column(identity, &["version_comment"]).unwrap_or(""),
-    );
-    let gtid = query_maps(conn, Dialect::gtid_sql(flavor)).await?;
-    let gtid = gtid.first().ok_or_else(|| ProbeError::Unexpected("GTID query returned no row".into()))?;
-    let replica_status = query_maps(conn, Dialect::replica_status_sql(flavor)).await?;
-    let replica_hosts = query_maps(conn, Dialect::replica_hosts_sql(flavor)).await?;
+    )
+}
+
+/// An [`InstanceProbe`] from the identity row and the rows of [`probe_batch`].
+fn probe_from_sets(
+    flavor: Flavor,
+    identity: &RowMap,
+    sets: Vec<Vec<RowMap>>,
+    default_port: u16,
+) -> Result<InstanceProbe, ProbeError> {
+    let [gtid, replica_status, replica_hosts, dumps, variables, status]: [Vec<RowMap>; 6] =
+        sets.try_into()
+            .map_err(|_| ProbeError::Unexpected("the probe batch returned too few results".into()))?;
+    let gtid = first_row(gtid, "GTID")?;
     let mut replicas = parse_replica_hosts(&replica_hosts)?;
     if replicas.is_empty() {
-        let dumps = query_maps(conn, Dialect::BINLOG_DUMP_CLIENTS).await?;
         replicas = parse_binlog_dump_clients(&dumps, default_port);
     }
-    let variables = query_maps(conn, Dialect::SEMI_SYNC_VARIABLES).await?;
-    let status = query_maps(conn, Dialect::SEMI_SYNC_STATUS).await?;
     assemble_probe(
         flavor,
         identity,
-        gtid,
+        &gtid,
         replica_status.first(),
         replicas,
         parse_semi_sync(&variables, &status),

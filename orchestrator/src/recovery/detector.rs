@@ -432,6 +432,8 @@ impl RecoveryService {
         let master_state = self.discovery.store().instance(master).map(|i| i.state);
         let replicas: Vec<InstanceKey> =
             snapshot.iter().flat_map(|s| s.replica_keys()).filter(|k| k != master).collect();
+        let master_refuses =
+            master_state.as_ref().is_some_and(|s| !s.reachable && s.failure == Some(FailureKind::Refused));
         let master_probe = master_state.and_then(|s| s.last_probe);
         let semi_sync = master_probe.as_ref().is_some_and(|p| p.semi_sync.master_enabled);
         RecoveryRequest {
@@ -446,6 +448,7 @@ impl RecoveryService {
             downtimed: state.downtimed_at(unix_millis_now()),
             max_lag_s: self.config.recovery.max_lag_on_failover_s,
             semi_sync,
+            master_refuses,
             resume: None,
             requested_by: None,
         }
@@ -541,7 +544,8 @@ impl RecoveryService {
             let control = MysqlControl { discovery: self.discovery.clone(), admin: self.admin.clone() };
             let plan = choose(&control, &request, None, request.master_probe.as_ref(), &self.timings())
                 .await
-                .map_err(ManualError::Refused)?;
+                .map_err(ManualError::Refused)?
+                .plan;
             tracing::info!(cluster = %request.cluster, candidate = %plan.candidate, "switchover accepted");
         }
         Ok(self.execute(request).await)

@@ -31,8 +31,8 @@ impl Control for MysqlControl {
         self.admin.fence(key).await.map_err(|e| e.to_string())
     }
 
-    async fn stop_io_thread(&self, key: &InstanceKey) -> Result<(), String> {
-        self.admin.stop_io_thread(key).await.map_err(|e| e.to_string())
+    async fn stop_io_thread(&self, key: &InstanceKey, source_refuses: bool) -> Result<(), String> {
+        self.admin.stop_io_thread(key, source_refuses).await.map_err(|e| e.to_string())
     }
 
     async fn enable_semi_sync(&self, key: &InstanceKey) -> Result<(), String> {

@@ -822,7 +822,7 @@ impl Control for SimControl {
         result
     }
 
-    async fn stop_io_thread(&self, key: &InstanceKey) -> Result<(), String> {
+    async fn stop_io_thread(&self, key: &InstanceKey, _source_refuses: bool) -> Result<(), String> {
         self.call(Op::StopIo, key, |w, i| {
             w.servers[i].io_on = false;
             Ok(())
@@ -1022,6 +1022,7 @@ async fn schedule(seed: u64) -> Run {
             downtimed,
             max_lag_s,
             semi_sync: true,
+            master_refuses: !hang,
             resume: None,
             requested_by: None,
         };
