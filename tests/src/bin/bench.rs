@@ -302,6 +302,21 @@ async fn until_write_group_moved(bed: &AwsBed, old_id: &str, since: Instant) -> 
     }
 }
 
+/// Time until `address` refuses TCP connections (a killed server's listening socket
+/// closed), tried every millisecond for up to 10 s.
+async fn until_refused(address: &str, since: Instant) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(10) {
+        let attempt = tokio::time::timeout(Duration::from_millis(5), tokio::net::TcpStream::connect(address));
+        if let Ok(Err(e)) = attempt.await {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Some(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
 /// Time until a write as the application succeeds on one of `hosts`: every host is
 /// tried at once each pass (one slow host does not delay the answer of another).
 async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Duration> {
@@ -463,6 +478,7 @@ async fn failover_on(
             "kill" | "stop" | "partition" => {
                 let (mut group_samples, mut nlb_samples) = (Vec::new(), Vec::new());
                 let (mut detect_samples, mut decided_samples) = (Vec::new(), Vec::new());
+                let mut refused_samples = Vec::new();
                 let (mut lost_writes, mut acknowledged_writes) = (0usize, 0usize);
                 for round in 1..=rounds {
                     let mut bed = failover_bed(flavor, nodes).await?;
@@ -484,11 +500,20 @@ async fn failover_on(
                     }
                     let old_id = bed.resources.id_of(&bed.bed.cluster.servers[0].host).to_string();
                     let nlb = vec![bed.nlb_host().to_string()];
-                    let (took, moved, through_nlb) = tokio::join!(
+                    let killed = bed.bed.cluster.servers[0].key();
+                    let (took, moved, through_nlb, refused) = tokio::join!(
                         until_writable(&others, t0),
                         until_write_group_moved(&bed, &old_id, t0),
                         until_writable(&nlb, t0),
+                        async {
+                            if kind == "kill" {
+                                until_refused(&killed, t0).await
+                            } else {
+                                None
+                            }
+                        },
                     );
+                    refused_samples.extend(refused);
                     let (took, moved, through_nlb) = (took?, moved?, through_nlb?);
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     let report = writer.stop().await;
@@ -555,6 +580,14 @@ async fn failover_on(
                 );
                 if lost_writes > 0 {
                     anyhow::bail!("{lost_writes} acknowledged write(s) lost after {fault}");
+                }
+                if kind == "kill" {
+                    // Nothing on the network changes before the kernel closes the killed
+                    // server's sockets, after it has freed its memory.
+                    results.push((
+                        format!("{fault} -> killed server's port refuses connections"),
+                        Samples::Times(refused_samples),
+                    ));
                 }
                 for (row, times) in [
                     (" -> write acknowledged by new master", samples),
