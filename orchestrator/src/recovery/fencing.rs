@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::discovery::DiscoveryHandle;
 use crate::mysql::admin::MysqlAdmin;
 use crate::raft::RaftNode;
+use crate::state::ClusterState;
 use crate::topology::InstanceKey;
 
 /// What the guard should do now (pure, so it is table-tested).
@@ -39,6 +40,23 @@ pub fn decide(
     }
 }
 
+/// Whether Raft says another instance replaced `local` as master: a recovery that
+/// ended had `local` as its failed master, its cluster's master is another instance,
+/// and no cluster has `local` as master. The candidate of a recovery still running is
+/// never replaced: it is writable from its promotion until the outcome names it master
+/// (a MySQL switchover's outcome waits about a second for the old master's repoint),
+/// and an earlier recovery may have had it as failed master (a switchover back to a
+/// former master: without this the guard fenced the new master in that window).
+pub fn replaced_by_another(state: &ClusterState, local: &InstanceKey) -> bool {
+    let candidate_now = state.recoveries.iter().any(|r| r.is_open() && r.candidate.as_ref() == Some(local));
+    let replaced_once = state.recoveries.iter().any(|r| {
+        !r.is_open()
+            && r.failed_master.as_ref() == Some(local)
+            && state.clusters.get(&r.cluster).and_then(|c| c.master.as_ref()).is_some_and(|m| m != local)
+    });
+    replaced_once && !candidate_now && !state.clusters.values().any(|c| c.master.as_ref() == Some(local))
+}
+
 /// Runs the guard until shutdown.
 pub async fn guard_local_instance(
     node: Arc<RaftNode>,
@@ -49,6 +67,8 @@ pub async fn guard_local_instance(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut lost_since: Option<Instant> = None;
+    // Whether the last pass found the local mysqld writable and replaced.
+    let mut replaced_before = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -66,16 +86,18 @@ pub async fn guard_local_instance(
         // Only worth a fresh look when a decision could follow.
         let could_fence = lost_for.is_some_and(|l| l >= fencing_timeout) || lost_for.is_none();
         if !could_fence || !writable {
+            replaced_before = false;
             continue;
         }
-        let (_, state) = node.state();
-        let replaced = state.recoveries.iter().any(|r| {
-            !r.is_open()
-                && r.failed_master.as_ref() == Some(&local)
-                && state.clusters.get(&r.cluster).and_then(|c| c.master.as_ref()).is_some_and(|m| m != &local)
-        }) && !state.clusters.values().any(|c| c.master.as_ref() == Some(&local));
         let fresh = discovery.observe(&local).await.state;
         let writable = fresh.reachable && fresh.last_probe.as_ref().is_some_and(|p| !p.read_only);
+        // Read after the probe: a promotion the probe saw was recorded (its candidate)
+        // before it happened. A follower applies that record a moment after the leader,
+        // so "replaced" must hold on two passes in a row before it fences.
+        let (_, state) = node.state();
+        let replaced_now = writable && replaced_by_another(&state, &local);
+        let replaced = replaced_now && replaced_before;
+        replaced_before = replaced_now;
         match decide(lost_for, fencing_timeout, writable, replaced) {
             GuardDecision::Nothing => {}
             decision => match admin.fence(&local).await {
@@ -91,6 +113,52 @@ pub async fn guard_local_instance(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{ClusterRecord, RecoveryRecord};
+
+    #[test]
+    fn the_candidate_of_a_running_switchover_back_to_a_former_master_is_not_replaced() {
+        let (a, b, c) = (
+            InstanceKey::new("10.0.0.1", 3306),
+            InstanceKey::new("10.0.0.2", 3306),
+            InstanceKey::new("10.0.0.3", 3306),
+        );
+        let ended = |id, failed: &InstanceKey, new: &InstanceKey| RecoveryRecord {
+            id,
+            cluster: "main".into(),
+            failed_master: Some(failed.clone()),
+            candidate: Some(new.clone()),
+            new_master: Some(new.clone()),
+            ended_unix_ms: Some(id as i64),
+            ..Default::default()
+        };
+        let mut state = ClusterState::default();
+        state.clusters.insert("main".into(), ClusterRecord { master: Some(a.clone()), ..Default::default() });
+        assert!(!replaced_by_another(&state, &a), "never replaced");
+        // a -> b, then b -> c: a and b were replaced, c is master.
+        state.recoveries.push(ended(1, &a, &b));
+        state.recoveries.push(ended(2, &b, &c));
+        state.clusters.get_mut("main").unwrap().master = Some(c.clone());
+        assert!(replaced_by_another(&state, &a));
+        assert!(replaced_by_another(&state, &b));
+        assert!(!replaced_by_another(&state, &c));
+        // c -> b running: b is recorded as candidate and promoted, the outcome is not
+        // recorded yet. b is not fenced; a (not the candidate) still is.
+        state.recoveries.push(RecoveryRecord {
+            id: 3,
+            cluster: "main".into(),
+            failed_master: Some(c.clone()),
+            candidate: Some(b.clone()),
+            ..Default::default()
+        });
+        assert!(!replaced_by_another(&state, &b), "the running recovery's candidate");
+        assert!(replaced_by_another(&state, &a));
+        assert!(!replaced_by_another(&state, &c), "still the master Raft names");
+        // The outcome: b is master, c replaced.
+        state.recoveries[2] = ended(3, &c, &b);
+        state.clusters.get_mut("main").unwrap().master = Some(b.clone());
+        assert!(!replaced_by_another(&state, &b));
+        assert!(replaced_by_another(&state, &c));
+    }
 
     #[test]
     fn guard_decisions() {
