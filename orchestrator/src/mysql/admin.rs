@@ -443,8 +443,8 @@ impl MysqlAdmin {
         self.idle.keep(key, &self.settings.user, conn);
     }
 
-    /// Runs `statements` as one multi-statement query (one round trip; the server
-    /// stops at the first that fails) and returns each statement's rows.
+    /// [`super::query_sets`] bounded by the statement timeout, logged when slow, its
+    /// error naming the statements with passwords redacted.
     async fn run_batch(
         &self,
         key: &InstanceKey,
@@ -453,17 +453,8 @@ impl MysqlAdmin {
     ) -> Result<Vec<Vec<mysql_async::Row>>, AdminError> {
         let sql = statements.join("; ");
         let started = std::time::Instant::now();
-        let batch = async {
-            let mut result = conn.query_iter(sql.as_str()).await?;
-            let mut sets = Vec::with_capacity(statements.len());
-            for _ in statements {
-                sets.push(result.collect::<mysql_async::Row>().await?);
-            }
-            result.drop_result().await?;
-            Ok::<_, mysql_async::Error>(sets)
-        };
         let timeout = self.settings.statement_timeout;
-        let result = tokio::time::timeout(timeout, batch).await;
+        let result = tokio::time::timeout(timeout, super::query_sets(conn, statements)).await;
         let took = started.elapsed();
         if took >= SLOW_STATEMENT {
             tracing::info!(instance = %key, sql = %self.scrub(&sql), took_ms = took.as_millis() as u64, "slow recovery statement");

@@ -297,7 +297,7 @@ impl Dialect {
 }
 
 /// The probe's queries after the identity, for `flavor`, sent as one batch.
-pub fn probe_batch(flavor: Flavor) -> [&'static str; 6] {
+fn probe_batch(flavor: Flavor) -> [&'static str; 6] {
     [
         Dialect::gtid_sql(flavor),
         Dialect::replica_status_sql(flavor),
@@ -308,20 +308,28 @@ pub fn probe_batch(flavor: Flavor) -> [&'static str; 6] {
     ]
 }
 
-/// Runs `statements` as one multi-statement query (one round trip) and returns each
-/// statement's rows, in order.
-pub async fn query_map_sets(conn: &mut Conn, statements: &[&str]) -> Result<Vec<Vec<RowMap>>, ProbeError> {
-    let sql = statements.join("; ");
-    let failed =
-        |e: mysql_async::Error| ProbeError::Query { sql: sql.clone(), message: one_line(&e.to_string()) };
-    let mut result = conn.query_iter(sql.as_str()).await.map_err(failed)?;
+/// Runs `statements` as one multi-statement query (one round trip; the server stops at
+/// the first that fails) and returns each statement's rows, in order.
+pub async fn query_sets<S: AsRef<str>>(
+    conn: &mut Conn,
+    statements: &[S],
+) -> Result<Vec<Vec<Row>>, mysql_async::Error> {
+    let sql = statements.iter().map(AsRef::as_ref).collect::<Vec<_>>().join("; ");
+    let mut result = conn.query_iter(sql).await?;
     let mut sets = Vec::with_capacity(statements.len());
     for _ in statements {
-        let rows: Vec<Row> = result.collect().await.map_err(failed)?;
-        sets.push(rows.iter().map(row_map).collect());
+        sets.push(result.collect::<Row>().await?);
     }
-    result.drop_result().await.map_err(failed)?;
+    result.drop_result().await?;
     Ok(sets)
+}
+
+/// [`query_sets`] with each row as a [`RowMap`].
+async fn query_map_sets(conn: &mut Conn, statements: &[&str]) -> Result<Vec<Vec<RowMap>>, ProbeError> {
+    let sets = query_sets(conn, statements)
+        .await
+        .map_err(|e| ProbeError::Query { sql: statements.join("; "), message: one_line(&e.to_string()) })?;
+    Ok(sets.iter().map(|rows| rows.iter().map(row_map).collect()).collect())
 }
 
 /// Runs every probe query on an open connection: the identity and the rest in one
