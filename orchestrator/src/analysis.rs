@@ -320,9 +320,13 @@ struct Summary<'a> {
     replicas: Vec<(&'a InstanceState, &'a ReplicationStatus)>,
     /// Peers (this one included) that see the master unreachable.
     peers_down: usize,
-    /// This peer and a strict majority of the voters see the master unreachable.
+    /// This peer and a strict majority of the voters see the master unreachable, or
+    /// the master's process exited.
     agreed: bool,
     hung: bool,
+    /// The master's process is exiting or gone, as the peer on its host saw (this
+    /// peer's own view, told by that peer, or that peer's fresh observation).
+    exited: bool,
     /// Reachable instances with `read_only` off.
     writable: Vec<&'a InstanceKey>,
 }
@@ -347,13 +351,22 @@ impl<'a> Summary<'a> {
             .filter(|i| i.state.reachable && i.state.last_probe.as_ref().is_some_and(|p| !p.read_only))
             .map(|i| &i.state.key)
             .collect();
+        let exited = master.is_some_and(|m| !m.reachable)
+            && (master.is_some_and(|m| m.failure == Some(FailureKind::Exited))
+                || input.observations.iter().any(|o| {
+                    o.instance == snap.master
+                        && o.failure == Some(FailureKind::Exited)
+                        && input.now_unix_ms.saturating_sub(o.checked_unix_ms)
+                            <= input.settings.observation_max_age_ms
+                }));
         Summary {
             input,
             master,
             replicas,
             peers_down,
-            agreed: master.is_some_and(|m| !m.reachable) && peers_down * 2 > input.voters,
+            agreed: master.is_some_and(|m| !m.reachable) && (peers_down * 2 > input.voters || exited),
             hung: master.is_some_and(|m| is_hung(m, input.settings, input.now_unix_ms)),
+            exited,
             writable,
         }
     }
@@ -366,9 +379,11 @@ impl<'a> Summary<'a> {
         self.reachable_replicas().count()
     }
 
-    /// Every reachable replica lost its IO thread to the master, or the master is hung.
+    /// Every reachable replica lost its IO thread to the master, or the master is hung,
+    /// or its process exited (its replicas' connections stay open until the kernel has
+    /// freed its memory).
     fn replicas_confirm(&self) -> bool {
-        self.hung || self.reachable_replicas().all(|r| r.io_thread != ThreadState::Running)
+        self.hung || self.exited || self.reachable_replicas().all(|r| r.io_thread != ThreadState::Running)
     }
 
     /// Agreed unreachable, and nothing reachable contradicts it.
@@ -432,7 +447,9 @@ impl<'a> Summary<'a> {
     }
 
     fn confirm_text(&self) -> String {
-        if self.hung {
+        if self.exited {
+            "its mysqld process exited, seen by the peer on its host".to_string()
+        } else if self.hung {
             let since =
                 self.master.and_then(|m| m.unreachable_since_unix_ms).unwrap_or(self.input.now_unix_ms);
             format!("hung: failing by timeouts for {} ms", self.input.now_unix_ms.saturating_sub(since))
@@ -467,6 +484,7 @@ fn cause(state: &InstanceState) -> &'static str {
         Some(FailureKind::Timeout) => "timed out",
         Some(FailureKind::Rejected) => "rejected",
         Some(FailureKind::Other) | None => "probe failed",
+        Some(FailureKind::Exited) => "its process exited",
     }
 }
 
@@ -881,6 +899,27 @@ mod tests {
         check("hung but no majority", 2, &[(UnreachableMaster, "m")], |c| {
             c.master_hangs(1600);
             c.observations.clear();
+        });
+
+        // A master whose process exited, seen by the peer on its host: its sockets stay
+        // open (replicas still connected, other peers time out) until the kernel has
+        // freed its memory, yet it is dead at once.
+        check("exited, told to this peer: dead with replicas connected", 2, &[(DeadMaster, "m")], |c| {
+            c.down("m", FailureKind::Exited, 5);
+        });
+        check("exited, seen by another peer: dead", 2, &[(DeadMaster, "m")], |c| {
+            c.down("m", FailureKind::Timeout, 5);
+            c.seen(2, "m", false, 3);
+            c.observations[0].failure = Some(FailureKind::Exited);
+        });
+        check("an exit seen long ago is stale", 2, &[(UnreachableMaster, "m")], |c| {
+            c.down("m", FailureKind::Timeout, 5);
+            c.seen(2, "m", false, 5001);
+            c.observations[0].failure = Some(FailureKind::Exited);
+        });
+        check("exited, but this peer reaches the master: no failure", 2, &[], |c| {
+            c.seen(2, "m", false, 3);
+            c.observations[0].failure = Some(FailureKind::Exited);
         });
 
         // DeadMasterAndSomeReplicas.

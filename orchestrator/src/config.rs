@@ -592,6 +592,9 @@ pub struct RecoveryConfig {
     pub fencing_timeout_ms: u64,
     /// The mysqld on this host (default: this peer's address, port 3306).
     pub local_instance: Option<InstanceKey>,
+    /// While the local instance is a master, how often its process is looked at in
+    /// `/proc` (a killed mysqld is seen at once, long before its port refuses); 0: never.
+    pub exit_poll_ms: u64,
     /// Replica lag above this is reported (`ReplicaLagging`).
     pub lag_threshold_s: u64,
     /// Commands run with the facts in `ORCH_*` environment variables.
@@ -608,6 +611,7 @@ impl Default for RecoveryConfig {
             anti_flap_s: 300,
             fencing_timeout_ms: 2000,
             local_instance: None,
+            exit_poll_ms: 5,
             lag_threshold_s: 10,
             hooks: HooksConfig::default(),
         }

@@ -19,8 +19,8 @@ use futures::future::join_all;
 use crate::metrics::Metrics;
 use crate::mysql::{ProbeError, Prober};
 use crate::topology::{
-    build_clusters, ClusterInstance, ClusterSnapshot, InstanceKey, InstanceProbe, InstanceState, Registry,
-    Role,
+    build_clusters, ClusterInstance, ClusterSnapshot, FailureKind, InstanceKey, InstanceProbe, InstanceState,
+    Registry, Role,
 };
 use crate::unix_millis_now;
 
@@ -57,7 +57,11 @@ pub fn apply_probe(
             let started = now_unix_ms - latency.as_millis() as i64;
             state.reachable = false;
             state.last_error = Some(e.to_string());
-            state.failure = Some(e.kind());
+            // A process seen exiting on its host stays so until it answers again: its
+            // open sockets time out meanwhile, which says less.
+            let kind = e.kind();
+            let exited = state.failure == Some(FailureKind::Exited) && kind != FailureKind::Refused;
+            state.failure = Some(if exited { FailureKind::Exited } else { kind });
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             state.unreachable_since_unix_ms.get_or_insert(started);
             Vec::new()
@@ -488,5 +492,26 @@ mod tests {
         assert_eq!(st.failure, None);
         assert_eq!(st.last_seen_unix_ms, Some(20));
         assert_eq!(st.probe_latency_ms, 3.0);
+    }
+
+    #[test]
+    fn a_process_seen_exiting_stays_so_until_it_answers_or_refuses() {
+        let mut st = InstanceState::new(key("a:1"));
+        let exited = || Err(ProbeError::ProcessExited("4242 is exiting".into()));
+        apply_probe(&mut st, exited(), Duration::ZERO, 10);
+        assert_eq!(st.failure, Some(FailureKind::Exited));
+        // Its open sockets time out meanwhile: that says less.
+        apply_probe(&mut st, Err(ProbeError::ReadTimeout(Duration::from_millis(200))), Duration::ZERO, 20);
+        assert_eq!(st.failure, Some(FailureKind::Exited));
+        assert_eq!(st.unreachable_since_unix_ms, Some(10));
+        // Its port refuses once the kernel has freed it.
+        apply_probe(&mut st, Err(ProbeError::Connect("Connection refused".into())), Duration::ZERO, 90);
+        assert_eq!(st.failure, Some(FailureKind::Refused));
+        // Restarted: an answer clears it.
+        apply_probe(&mut st, exited(), Duration::ZERO, 100);
+        apply_probe(&mut st, Ok(probe(None, &[])), Duration::ZERO, 200);
+        assert_eq!(st.failure, None);
+        apply_probe(&mut st, Err(ProbeError::ReadTimeout(Duration::from_millis(200))), Duration::ZERO, 300);
+        assert_eq!(st.failure, Some(FailureKind::Timeout));
     }
 }

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod config;
 pub mod discovery;
 pub mod donor;
+pub mod exit_watch;
 pub mod fleet;
 pub mod leave;
 pub mod liveness;

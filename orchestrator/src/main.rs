@@ -304,12 +304,25 @@ async fn run() -> anyhow::Result<()> {
     let recovery =
         Arc::new(RecoveryService::new(raft.clone(), handle.clone(), admin.clone(), config.clone()));
     tokio::spawn(recovery.clone().run(stop_rx.clone()));
-    let liveness =
-        Arc::new(orchestrator::liveness::LivenessWatch::new(raft.clone(), handle.clone(), probe_settings));
+    let liveness = Arc::new(orchestrator::liveness::LivenessWatch::new(
+        raft.clone(),
+        handle.clone(),
+        probe_settings.clone(),
+    ));
     tokio::spawn(liveness.run(stop_rx.clone()));
     match config.local_instance() {
         Some(local) => {
             tracing::info!(instance = %local, "guarding the co-located mysqld");
+            if config.recovery.exit_poll_ms > 0 {
+                let watch = orchestrator::exit_watch::ExitWatch::new(
+                    raft.clone(),
+                    handle.clone(),
+                    probe_settings.clone(),
+                    local.clone(),
+                    Duration::from_millis(config.recovery.exit_poll_ms),
+                );
+                tokio::spawn(Arc::new(watch).run(stop_rx.clone()));
+            }
             tokio::spawn(guard_local_instance(
                 raft.clone(),
                 handle.clone(),

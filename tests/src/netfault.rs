@@ -82,6 +82,15 @@ impl Partition {
         Ok(partition)
     }
 
+    /// Silences `host:port` (a server): every packet it sends is dropped, so a
+    /// connection to it is never accepted nor refused and one open gets no answer.
+    /// Over the network the server looks hung, whatever happens to its process.
+    pub fn silence(host: &str, port: u16) -> anyhow::Result<Partition> {
+        let partition = Partition::new()?;
+        partition.drop_matching(&["ip", "saddr", host, "tcp", "sport", &port.to_string()])?;
+        Ok(partition)
+    }
+
     /// Removes the rules.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         if self.active {

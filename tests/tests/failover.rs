@@ -17,6 +17,7 @@ const ALIAS: &str = "fo";
 
 on_both_flavors!(
     kill_9_of_the_master_fails_over_without_losing_a_write,
+    a_killed_master_is_seen_dying_by_the_peer_on_its_host,
     a_hung_master_is_replaced_and_stays_fenced_when_it_wakes_up,
     a_master_host_cut_off_by_a_partition_is_replaced_and_fences_itself,
     a_new_leader_finishes_a_recovery_whose_leader_died,
@@ -166,6 +167,33 @@ async fn kill_9_of_the_master_fails_over_without_losing_a_write(flavor: Flavor) 
     eprintln!(
         "old master after restart: {}",
         if rejoined { "rejoined as a replica" } else { "fenced (errant GTIDs)" }
+    );
+}
+
+/// A killed mysqld keeps its sockets open until the kernel has freed its memory
+/// (seconds for a large buffer pool). Here its port is silenced as it is killed, so
+/// nothing over the network tells a death from a hang until the hang window: the
+/// recovery comes from the peer on its host, which sees the process exit in `/proc`.
+async fn a_killed_master_is_seen_dying_by_the_peer_on_its_host(flavor: Flavor) {
+    let mut bed = start(flavor, |_| {}).await;
+    let old = bed.cluster.master().key();
+    let w = writer(&bed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut silent = Partition::silence(&bed.cluster.servers[0].host, 3306).expect("nft");
+    bed.cluster.servers[0].kill();
+    let (new_master, took) = wait_new_master(&bed, &old, Duration::from_secs(15)).await;
+    eprintln!("kill -9 behind a silent port: new master {new_master} recorded after {took:?}");
+    let report = w.stop().await;
+    silent.heal().unwrap();
+    assert_one_master(&bed, &new_master, &[0]).await;
+    assert_no_lost_write(&report, &new_master).await;
+    let r = recovery(&bed, 1).await;
+    assert_eq!(r["success"], true, "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("DeadMaster")
+            && reason.contains("its mysqld process exited, seen by the peer on its host"),
+        "the recovery did not come from the exit seen on the master's host: {reason}"
     );
 }
 

@@ -163,8 +163,13 @@ pub fn repoint_statements(
 /// received and gets nothing more, but `STOP SLAVE` (even `SQL_THREAD`) waits for the
 /// killed IO thread, whose reconnect attempt to a hung master lasts up to
 /// `slave_net_timeout` (measured: 2 s). The second part runs after, in the background.
+/// On MySQL, whose IO thread is not killed first ([`kills_io_thread_first`]), the first
+/// part opens with `STOP REPLICA IO_THREAD` (a no-op after a failover's freeze).
 pub fn promote_statements(flavor: Flavor, semi_sync_source: Option<&str>) -> (Vec<String>, Vec<String>) {
     let mut now = Vec::new();
+    if !kills_io_thread_first(flavor) {
+        now.push("STOP REPLICA IO_THREAD".into());
+    }
     if let Some(variable) = semi_sync_source {
         now.push(format!("SET GLOBAL {variable} = ON"));
     }
@@ -287,6 +292,14 @@ const MARIADB_KILL_SETTLE: Duration = Duration::from_millis(10);
 /// died), and its kill connection is refused at once.
 pub fn may_hold_master_connection(state: &str) -> bool {
     !state.trim_start().to_ascii_lowercase().starts_with("waiting to reconnect")
+}
+
+/// Whether the IO thread is killed before it is stopped. MariaDB's `STOP SLAVE` waits
+/// for an IO thread blocked reading from a hung master; MySQL's `STOP REPLICA` shuts
+/// that thread's connection itself (2-8 ms against a SIGSTOPped master, measured with
+/// and without the kill alike), so there the kill is two round trips for nothing.
+fn kills_io_thread_first(flavor: Flavor) -> bool {
+    flavor.is_mariadb()
 }
 
 /// Waits [`MARIADB_KILL_SETTLE`] after a MariaDB IO thread was killed.
@@ -701,20 +714,22 @@ impl MysqlAdmin {
         killed
     }
 
-    /// Stops the replication IO thread: kills it (its connection to the master breaks
-    /// at once), then issues `STOP SLAVE IO_THREAD`, which makes it exit instead of
-    /// reconnecting. Waits for the STOP up to [`IO_STOP_WAIT`]; a STOP still running
-    /// then goes on in the background (nothing needs to wait for it: the killed
-    /// thread reads nothing more).
+    /// Stops the replication IO thread. On MariaDB it is killed first (its connection
+    /// to the master breaks at once), then `STOP SLAVE IO_THREAD` makes it exit instead
+    /// of reconnecting; see [`kills_io_thread_first`] for MySQL. Waits for the STOP up to
+    /// [`IO_STOP_WAIT`]; a STOP still running then goes on in the background (nothing
+    /// needs to wait for it: the killed thread reads nothing more).
     ///
     /// `source_refuses`: the master refuses connections (it died), so a semi-sync IO
     /// thread's kill connection is refused at once and the STOP need not wait.
     pub async fn stop_io_thread(&self, key: &InstanceKey, source_refuses: bool) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
-        let killed = self.kill_io_thread(key, &mut conn).await;
-        if !source_refuses {
-            settle_after_kill(flavor, killed).await;
+        if kills_io_thread_first(flavor) {
+            let killed = self.kill_io_thread(key, &mut conn).await;
+            if !source_refuses {
+                settle_after_kill(flavor, killed).await;
+            }
         }
         let sql = if flavor.is_mariadb() { "STOP SLAVE IO_THREAD" } else { "STOP REPLICA IO_THREAD" };
         let timeout = self.settings.statement_timeout * 2;
@@ -762,7 +777,10 @@ impl MysqlAdmin {
     async fn promote_only(&self, key: &InstanceKey, semi_sync: bool) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
-        let killed = self.kill_io_thread(key, &mut conn).await;
+        let killed = match kills_io_thread_first(flavor) {
+            true => self.kill_io_thread(key, &mut conn).await,
+            false => 0,
+        };
         let semi_sync_source = if semi_sync {
             match self.semi_sync_source_variable(key, &mut conn).await? {
                 Some(variable) => Some(variable),
@@ -818,7 +836,7 @@ impl MysqlAdmin {
 
     /// Points `key` at `source` with GTID auto-positioning and starts replication.
     /// Makes it read-only first (it may be a former master). Two batches of statements
-    /// (three round trips with the IO thread's kill): read-only, semi-sync's master
+    /// (three on MariaDB, which kills the IO thread between them): read-only, semi-sync's master
     /// side off, the replication status and the IO thread; then the repoint.
     pub async fn replicate_from(&self, key: &InstanceKey, source: &InstanceKey) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
@@ -829,9 +847,12 @@ impl MysqlAdmin {
             first.push(format!("SET GLOBAL {variable} = OFF"));
         }
         first.push(super::Dialect::replica_status_sql(flavor).to_string());
-        first.push(IO_THREADS.to_string());
+        let kill_first = kills_io_thread_first(flavor);
+        if kill_first {
+            first.push(IO_THREADS.to_string());
+        }
         let mut sets = self.run_batch(key, &mut conn, &first).await?;
-        let io_threads = sets.pop().unwrap_or_default();
+        let io_threads = if kill_first { sets.pop().unwrap_or_default() } else { Vec::new() };
         let from = match sets.pop().unwrap_or_default().first() {
             None => RepointFrom::FormerMaster,
             Some(status) => RepointFrom::Replica {
@@ -959,13 +980,14 @@ mod tests {
         assert_eq!(
             my,
             vec![
+                "STOP REPLICA IO_THREAD",
                 "SET GLOBAL offline_mode = OFF",
                 "SET GLOBAL super_read_only = OFF",
                 "SET GLOBAL read_only = OFF"
             ]
         );
         let (percona, _) = promote_statements(Flavor::Percona, Some("rpl_semi_sync_source_enabled"));
-        assert_eq!(percona[0], "SET GLOBAL rpl_semi_sync_source_enabled = ON");
+        assert_eq!(percona[1], "SET GLOBAL rpl_semi_sync_source_enabled = ON");
         assert!(!my.iter().any(|s| s.contains("semi_sync")));
         assert_eq!(after, vec!["STOP REPLICA", "RESET REPLICA ALL"]);
         assert_eq!(fence_statements(Flavor::MySql), vec!["SET GLOBAL super_read_only = ON"]);

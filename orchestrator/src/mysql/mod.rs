@@ -35,6 +35,9 @@ pub enum ProbeError {
     Query { sql: String, message: String },
     #[error("unexpected server output: {0}")]
     Unexpected(String),
+    /// Reported by the peer on the server's own host (see [`crate::exit_watch`]).
+    #[error("its process {0}")]
+    ProcessExited(String),
 }
 
 impl ProbeError {
@@ -54,6 +57,7 @@ impl ProbeError {
             }
             ProbeError::Query { .. } => FailureKind::Rejected,
             ProbeError::Unexpected(_) => FailureKind::Other,
+            ProbeError::ProcessExited(_) => FailureKind::Exited,
         }
     }
 }

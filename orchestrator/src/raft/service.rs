@@ -1,5 +1,6 @@
 //! The server side of peer-to-peer traffic on port 10008: Raft RPCs handed to openraft,
-//! `PeerView`, which lets the leader ask this peer what it sees, `Forward`, through
+//! `PeerView`, which lets the leader ask this peer what it sees, `ProcessExited`, through
+//! which the peer on a master's host tells that its mysqld died, `Forward`, through
 //! which other peers hand this one an operator's request, and `PauseHeartbeats` (a
 //! leadership transfer). With mutual TLS on, only peers holding a certificate of the
 //! cluster's CA get this far.
@@ -13,7 +14,8 @@ use openraft::Raft;
 use orch_proto::raft::raft_server::Raft as RaftRpc;
 use orch_proto::raft::{
     BackupChunk, DonateBackupRequest, JoinReply, JoinRequest, PauseHeartbeatsReply, PauseHeartbeatsRequest,
-    PeerViewReply, PeerViewRequest, PingReply, PingRequest, RaftPayload,
+    PeerViewReply, PeerViewRequest, PingReply, PingRequest, ProcessExitedReply, ProcessExitedRequest,
+    RaftPayload,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -255,6 +257,40 @@ impl RaftRpc for RaftService {
         let from = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let stream = donor.stream(&from).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(stream))
+    }
+
+    async fn process_exited(
+        &self,
+        request: Request<ProcessExitedRequest>,
+    ) -> Result<Response<ProcessExitedReply>, Status> {
+        self.check_member(&request)?;
+        let certs = request.peer_certs();
+        let ProcessExitedRequest { instance, pid, seen } = request.into_inner();
+        let key: InstanceKey = instance
+            .parse()
+            .map_err(|e: crate::topology::InstanceKeyError| Status::invalid_argument(e.to_string()))?;
+        if let Some(cert) = certs.as_ref().and_then(|c| c.first()) {
+            if !certificate_names(cert, &key.host) {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate does not name {}: a peer reports only the mysqld on its own host",
+                    key.host
+                )));
+            }
+        }
+        let store = self.discovery.store();
+        if store.instance(&key).is_none() {
+            return Ok(Response::new(ProcessExitedReply { recorded: false }));
+        }
+        let now = crate::unix_millis_now();
+        store.record(
+            &key,
+            Err(crate::mysql::ProbeError::ProcessExited(format!("{pid} {seen}"))),
+            Duration::ZERO,
+            now,
+        );
+        store.rebuild(now);
+        tracing::warn!(instance = %key, pid, seen = %seen, "the peer on its host saw the mysqld process exit");
+        Ok(Response::new(ProcessExitedReply { recorded: true }))
     }
 
     async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {

@@ -283,6 +283,11 @@ pub enum FailureKind {
     Rejected,
     /// Anything else.
     Other,
+    /// Its process is exiting or gone, as seen on its own host by the peer there (a
+    /// fact about the process, not a view over the network). A killed server keeps its
+    /// sockets open, accepting and answering nothing, until the kernel has freed its
+    /// memory: tens of milliseconds for a small one, seconds for a large buffer pool.
+    Exited,
 }
 
 impl InstanceState {
