@@ -337,6 +337,11 @@ impl IdleConnections {
         Some((conn, used.elapsed()))
     }
 
+    /// How long the kept connection of `user` to `key` has been idle, if there is one.
+    fn idle_for(&self, key: &InstanceKey, user: &str) -> Option<Duration> {
+        self.0.lock().ok()?.get(&(key.clone(), user.to_string())).map(|(_, used)| used.elapsed())
+    }
+
     /// Keeps `conn` (a connection already kept for the same instance and account
     /// stays, this one is closed).
     fn keep(&self, key: &InstanceKey, user: &str, conn: Conn) {
@@ -368,16 +373,41 @@ impl MysqlAdmin {
 
     /// Reads what is not yet known of each of `keys` (flavor, semi-sync variable) and
     /// keeps a connection to each, so a recovery about to start neither asks for it
-    /// nor connects on its path; errors are ignored.
+    /// nor connects on its path; errors are ignored. A kept connection is left alone
+    /// unless a command would ping it first: taken for a ping now, a recovery starting
+    /// meanwhile would open another.
     pub async fn learn(&self, keys: &[InstanceKey]) {
+        self.learn_refreshing(keys, IDLE_PING_AFTER).await
+    }
+
+    /// [`MysqlAdmin::learn`], run every few seconds: a kept connection idle for half the
+    /// time after which a command pings it is pinged now, so none is pinged on a
+    /// recovery's path.
+    pub async fn keep_warm(&self, keys: &[InstanceKey]) {
+        self.learn_refreshing(keys, IDLE_PING_AFTER / 2).await
+    }
+
+    async fn learn_refreshing(&self, keys: &[InstanceKey], refresh_after: Duration) {
         futures::future::join_all(keys.iter().map(|key| async move {
             let known = self.known(key);
             let now = crate::unix_millis_now();
             if known.flavor.is_some()
                 && (known.semi_sync_source.is_some() || now - known.learned_unix_ms < 10_000)
             {
-                // Known: a connection is opened (or a kept one pinged) for the first
-                // command only.
+                // Known: a connection is opened, or a kept one idle `refresh_after`
+                // pinged.
+                let user = &self.settings.user;
+                if self.idle.idle_for(key, user).is_some_and(|idle| idle < refresh_after) {
+                    return;
+                }
+                if let Some((mut conn, _)) = self.idle.take(key, user) {
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(self.settings.statement_timeout, conn.ping()).await
+                    {
+                        self.keep(key, conn);
+                        return;
+                    }
+                }
                 if let Ok(conn) = self.open(key).await {
                     self.keep(key, conn);
                 }
