@@ -616,13 +616,16 @@ async fn raft_health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// The replicated state as this peer has applied it; says how fresh it is.
+/// The replicated state as this peer has applied it; says how fresh it is. The index
+/// is read with the state (openraft's metrics publish it a moment later: a snapshot
+/// just installed showed its entries with the index before it).
 async fn state_machine(State(state): State<AppState>) -> Json<serde_json::Value> {
     let status = state.raft.status();
-    let cluster_state = state.raft.with_state(|s| serde_json::to_value(s).unwrap_or_default());
+    let (applied_index, applied) = state.raft.state();
+    let cluster_state = serde_json::to_value(&applied).unwrap_or_default();
     Json(json!({
         "node_id": state.node_id,
-        "applied_index": status.applied_index,
+        "applied_index": applied_index,
         "committed_index": status.committed_index,
         "leader_id": status.leader_id,
         "state": cluster_state,
