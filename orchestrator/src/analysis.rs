@@ -264,10 +264,9 @@ pub fn analyze(input: &AnalysisInput) -> Vec<Problem> {
 /// peer once (its latest fresh observation decides), ignoring stale observations.
 pub fn peers_seeing_unreachable(input: &AnalysisInput, instance: &InstanceKey) -> usize {
     let here = input.snapshot.instance(instance).is_some_and(|i| !i.state.reachable);
-    let max_age = input.settings.observation_max_age_ms;
     let mut latest: BTreeMap<u64, &PeerObservation> = BTreeMap::new();
     for o in input.observations.iter().filter(|o| &o.instance == instance) {
-        if input.now_unix_ms.saturating_sub(o.checked_unix_ms) > max_age {
+        if !is_fresh(input, o) {
             continue;
         }
         // Latest wins; on a tie "reachable" wins (never count a peer down on a coin toss).
@@ -281,6 +280,11 @@ pub fn peers_seeing_unreachable(input: &AnalysisInput, instance: &InstanceKey) -
         }
     }
     usize::from(here) + latest.values().filter(|o| !o.reachable).count()
+}
+
+/// Whether `o` is recent enough to count (`observation_max_age_ms`).
+fn is_fresh(input: &AnalysisInput, o: &PeerObservation) -> bool {
+    input.now_unix_ms.saturating_sub(o.checked_unix_ms) <= input.settings.observation_max_age_ms
 }
 
 /// Whether `instance` has failed only by timeouts for at least the hang window (hung,
@@ -354,10 +358,7 @@ impl<'a> Summary<'a> {
         let exited = master.is_some_and(|m| !m.reachable)
             && (master.is_some_and(|m| m.failure == Some(FailureKind::Exited))
                 || input.observations.iter().any(|o| {
-                    o.instance == snap.master
-                        && o.failure == Some(FailureKind::Exited)
-                        && input.now_unix_ms.saturating_sub(o.checked_unix_ms)
-                            <= input.settings.observation_max_age_ms
+                    o.instance == snap.master && o.failure == Some(FailureKind::Exited) && is_fresh(input, o)
                 }));
         Summary {
             input,

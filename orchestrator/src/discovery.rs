@@ -139,6 +139,19 @@ impl TopologyStore {
         new
     }
 
+    /// Records that `key`'s process exited, as the peer on its host saw it (`pid`,
+    /// `seen`: what it saw), and regroups. An instance the store does not know is not
+    /// recorded (returns false).
+    pub fn record_process_exit(&self, key: &InstanceKey, pid: u32, seen: &str, now_unix_ms: i64) -> bool {
+        if self.instance(key).is_none() {
+            return false;
+        }
+        let exited = Err(ProbeError::ProcessExited(format!("{pid} {seen}")));
+        self.record(key, exited, Duration::ZERO, now_unix_ms);
+        self.rebuild(now_unix_ms);
+        true
+    }
+
     /// Regroups instances into clusters.
     pub fn rebuild(&self, now_unix_ms: i64) {
         let mut inner = self.write();

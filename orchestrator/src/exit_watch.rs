@@ -163,7 +163,7 @@ impl ExitWatch {
     }
 
     fn local_is_master(&self) -> bool {
-        self.raft.with_state(|s| s.clusters.values().any(|c| c.master.as_ref() == Some(&self.local)))
+        self.raft.with_state(|s| s.is_master(&self.local))
     }
 
     /// Runs until shutdown.
@@ -273,15 +273,7 @@ impl ExitWatch {
     async fn report(&self, pid: u32, state: ProcessState) {
         let seen = state.seen();
         tracing::warn!(instance = %self.local, pid, seen, "the local master's mysqld process exited");
-        let now = unix_millis_now();
-        let store = self.discovery.store();
-        store.record(
-            &self.local,
-            Err(ProbeError::ProcessExited(format!("{pid} {seen}"))),
-            Duration::ZERO,
-            now,
-        );
-        store.rebuild(now);
+        self.discovery.store().record_process_exit(&self.local, pid, seen, unix_millis_now());
         if self.raft.is_leader() {
             return;
         }

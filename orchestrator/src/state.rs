@@ -593,6 +593,11 @@ impl ClusterState {
         self.downtimes.keys().filter(|k| self.is_downtimed(k, now_unix_ms)).cloned().collect()
     }
 
+    /// Whether some registered cluster has `instance` as its master.
+    pub fn is_master(&self, instance: &InstanceKey) -> bool {
+        self.clusters.values().any(|c| c.master.as_ref() == Some(instance))
+    }
+
     /// The open recovery of `cluster`, if one runs.
     pub fn open_recovery(&self, cluster: &str) -> Option<&RecoveryRecord> {
         self.recoveries.iter().find(|r| r.cluster == cluster && r.is_open())

@@ -48,8 +48,7 @@ async fn primary(State(state): State<AppState>) -> Response {
         return answer(false, "master", "this peer is out of contact with a quorum of peers".into());
     }
     let (_, s) = state.raft.state();
-    let recorded = s.clusters.values().any(|c| c.master.as_ref() == Some(&key));
-    if !recorded {
+    if !s.is_master(&key) {
         return answer(false, "replica", format!("{key} is not the master Raft recorded"));
     }
     // Just promoted: this peer's last probe may predate it, so look again now.

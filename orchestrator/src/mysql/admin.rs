@@ -400,15 +400,7 @@ impl MysqlAdmin {
                 if self.idle.idle_for(key, user).is_some_and(|idle| idle < refresh_after) {
                     return;
                 }
-                if let Some((mut conn, _)) = self.idle.take(key, user) {
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(self.settings.statement_timeout, conn.ping()).await
-                    {
-                        self.keep(key, conn);
-                        return;
-                    }
-                }
-                if let Ok(conn) = self.open(key).await {
+                if let Ok(conn) = self.open_pinging_after(key, refresh_after).await {
                     self.keep(key, conn);
                 }
                 return;
@@ -460,8 +452,13 @@ impl MysqlAdmin {
     /// A connection to `key` as the orchestrator's account: one kept from an earlier
     /// command (pinged first when it was idle a while), else a new one.
     async fn open(&self, key: &InstanceKey) -> Result<Conn, AdminError> {
+        self.open_pinging_after(key, IDLE_PING_AFTER).await
+    }
+
+    /// [`MysqlAdmin::open`], a kept connection pinged first when idle `ping_after`.
+    async fn open_pinging_after(&self, key: &InstanceKey, ping_after: Duration) -> Result<Conn, AdminError> {
         let s = &self.settings;
-        if let Some(conn) = self.kept(key, &s.user).await {
+        if let Some(conn) = self.kept(key, &s.user, ping_after).await {
             return Ok(conn);
         }
         connect_with(&s.credentials, key, &s.user, |p| &p.orchestrator, s.connect_timeout)
@@ -469,10 +466,11 @@ impl MysqlAdmin {
             .map_err(|e: ProbeError| Self::error(key, "connect", e))
     }
 
-    /// A kept connection of `user` to `key` that still answers.
-    async fn kept(&self, key: &InstanceKey, user: &str) -> Option<Conn> {
+    /// A kept connection of `user` to `key` that still answers (pinged first when idle
+    /// `ping_after`).
+    async fn kept(&self, key: &InstanceKey, user: &str, ping_after: Duration) -> Option<Conn> {
         let (mut conn, idle) = self.idle.take(key, user)?;
-        if idle < IDLE_PING_AFTER {
+        if idle < ping_after {
             return Some(conn);
         }
         match tokio::time::timeout(self.settings.statement_timeout, conn.ping()).await {
@@ -807,10 +805,8 @@ impl MysqlAdmin {
     async fn promote_only(&self, key: &InstanceKey, semi_sync: bool) -> Result<(), AdminError> {
         let mut conn = self.open(key).await?;
         let flavor = self.flavor(key, &mut conn).await?;
-        let killed = match kills_io_thread_first(flavor) {
-            true => self.kill_io_thread(key, &mut conn).await,
-            false => 0,
-        };
+        let killed =
+            if kills_io_thread_first(flavor) { self.kill_io_thread(key, &mut conn).await } else { 0 };
         let semi_sync_source = if semi_sync {
             match self.semi_sync_source_variable(key, &mut conn).await? {
                 Some(variable) => Some(variable),
@@ -852,7 +848,7 @@ impl MysqlAdmin {
     /// a failure is left for the check itself to report.
     async fn open_write_check(&self, key: &InstanceKey) {
         let Some(check) = &self.settings.verify else { return };
-        if let Some(conn) = self.kept(key, &check.user).await {
+        if let Some(conn) = self.kept(key, &check.user, IDLE_PING_AFTER).await {
             self.idle.keep(key, &check.user, conn);
             return;
         }
@@ -926,7 +922,7 @@ impl MysqlAdmin {
                 conn.query_first("SELECT @@read_only").await.map_err(|e| Self::error(key, "read_only", e))?;
             return if ro == Some(0) { Ok(()) } else { Err(Self::error(key, "verify", "read_only is on")) };
         };
-        let mut conn = match self.kept(key, &check.user).await {
+        let mut conn = match self.kept(key, &check.user, IDLE_PING_AFTER).await {
             Some(conn) => conn,
             None => connect_with(
                 &self.settings.credentials,

@@ -277,20 +277,12 @@ impl RaftRpc for RaftService {
                 )));
             }
         }
-        let store = self.discovery.store();
-        if store.instance(&key).is_none() {
-            return Ok(Response::new(ProcessExitedReply { recorded: false }));
+        let recorded = self.discovery.store().record_process_exit(&key, pid, &seen, crate::unix_millis_now());
+        if !recorded {
+            return Ok(Response::new(ProcessExitedReply { recorded }));
         }
-        let now = crate::unix_millis_now();
-        store.record(
-            &key,
-            Err(crate::mysql::ProbeError::ProcessExited(format!("{pid} {seen}"))),
-            Duration::ZERO,
-            now,
-        );
-        store.rebuild(now);
         tracing::warn!(instance = %key, pid, seen = %seen, "the peer on its host saw the mysqld process exit");
-        Ok(Response::new(ProcessExitedReply { recorded: true }))
+        Ok(Response::new(ProcessExitedReply { recorded }))
     }
 
     async fn peer_view(&self, request: Request<PeerViewRequest>) -> Result<Response<PeerViewReply>, Status> {

@@ -54,7 +54,7 @@ pub fn replaced_by_another(state: &ClusterState, local: &InstanceKey) -> bool {
             && r.failed_master.as_ref() == Some(local)
             && state.clusters.get(&r.cluster).and_then(|c| c.master.as_ref()).is_some_and(|m| m != local)
     });
-    replaced_once && !candidate_now && !state.clusters.values().any(|c| c.master.as_ref() == Some(local))
+    replaced_once && !candidate_now && !state.is_master(local)
 }
 
 /// Runs the guard until shutdown.
