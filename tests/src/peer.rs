@@ -29,7 +29,10 @@ pub fn workspace_root() -> PathBuf {
 /// It builds what `deploy/test` builds (`--workspace --all-targets`): any other
 /// selection unifies dependency features differently, and cargo would rebuild much
 /// of the dependency tree (minutes, cold) and swap the binaries under the suite.
+/// A program built with `--release` (the benchmark, for figures from the optimized
+/// build production runs) takes the release binaries: `--release --workspace --bins`.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let release = built_with_release();
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -41,7 +44,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .args(build_args(release))
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if out.status.success() {
@@ -53,11 +56,32 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     if let Err(e) = built {
         bail!("{e}");
     }
-    let path = target.join("debug").join(name);
+    let path = target.join(if release { "release" } else { "debug" }).join(name);
     if !path.is_file() {
         bail!("binary {} not found (run `cargo build`)", path.display());
     }
     Ok(path)
+}
+
+/// Whether the running program was built with `--release`: it runs from
+/// `target/release/` (a binary) or `target/release/deps/` (a test). Its peers are then
+/// the release build too.
+pub fn built_with_release() -> bool {
+    let exe = std::env::current_exe().ok();
+    let mut dir = exe.as_deref().and_then(Path::parent);
+    if dir.and_then(Path::file_name).is_some_and(|n| n == "deps") {
+        dir = dir.and_then(Path::parent);
+    }
+    dir.and_then(Path::file_name).is_some_and(|n| n == "release")
+}
+
+/// What [`binary`] builds.
+fn build_args(release: bool) -> &'static [&'static str] {
+    if release {
+        &["build", "--quiet", "--release", "--workspace", "--bins"]
+    } else {
+        &["build", "--quiet", "--workspace", "--all-targets"]
+    }
 }
 
 /// The test tokens: (name, scope, token). [`http_client`] sends the admin one.

@@ -81,6 +81,9 @@ pub struct Timings {
     pub verify_wait: Duration,
     /// Between polls while waiting.
     pub poll: Duration,
+    /// Between polls of the candidate applying its relay log: the promotion waits on
+    /// it, and a writer's last transactions are still being applied at the freeze.
+    pub apply_poll: Duration,
 }
 
 impl Default for Timings {
@@ -89,6 +92,7 @@ impl Default for Timings {
             apply_wait: Duration::from_secs(10),
             verify_wait: Duration::from_secs(5),
             poll: Duration::from_millis(20),
+            apply_poll: Duration::from_millis(5),
         }
     }
 }
@@ -161,7 +165,16 @@ pub fn show_passed_over(passed_over: &[(InstanceKey, String)]) -> String {
     passed_over.iter().map(|(k, why)| format!("{k} ({why})")).collect::<Vec<_>>().join(", ")
 }
 
-async fn poll_until<F, Fut>(timings: &Timings, limit: Duration, mut check: F) -> Result<(), String>
+async fn poll_until<F, Fut>(timings: &Timings, limit: Duration, check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, String>>,
+{
+    poll_every(timings.poll, limit, check).await
+}
+
+/// Calls `check` every `every` until it answers `true` or `limit` has passed.
+async fn poll_every<F, Fut>(every: Duration, limit: Duration, mut check: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, String>>,
@@ -177,7 +190,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("{last_error} after {} ms", limit.as_millis()));
         }
-        tokio::time::sleep(timings.poll).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -513,24 +526,21 @@ async fn promote_steps<C: Control, D: Decisions>(
         let candidate = candidate.clone();
         async move {
             if resumed {
-                return Ok(());
+                return Ok(None);
             }
             decisions
                 .decide(Command::SetRecoveryCandidate { id, candidate })
                 .await
-                .map(|_| ())
+                .map(|_| Some(Instant::now()))
                 .map_err(|e| fail(format!("candidate not recorded in Raft: {e}")))
         }
     };
     // In a switchover the old master is alive (read-only now) and the candidate still
     // receives from it: it gets the rest from there, never from a donor.
     let donor = plan.donor.as_ref().filter(|_| !switchover);
-    let record = match donor {
-        Some(_) => {
-            record.await?;
-            None
-        }
-        None => Some(record),
+    let (record, recorded_before) = match donor {
+        Some(_) => (None, record.await?),
+        None => (Some(record), None),
     };
 
     // A resumed recovery whose candidate the previous leader already promoted goes
@@ -576,25 +586,26 @@ async fn promote_steps<C: Control, D: Decisions>(
         });
     let applied = async {
         if applied_at_plan {
-            return Ok(());
+            return Ok(Instant::now());
         }
-        poll_until(timings, if already_promoted { Duration::ZERO } else { timings.apply_wait }, || async {
+        let limit = if already_promoted { Duration::ZERO } else { timings.apply_wait };
+        poll_every(timings.apply_poll, limit, || async {
             let p = control.probe(&candidate).await?;
             Ok(caught_up(&p) && must_have.as_ref().is_none_or(|m| m.is_subset_of(&p.gtid_executed)))
         })
         .await
+        .map(|()| Instant::now())
         .map_err(|e| fail(format!("{candidate} did not apply everything it received: {e}")))
     };
+    // (when the candidate was recorded in Raft, when it had applied its relay log)
     let prepared = async {
         match record {
             Some(record) => {
                 let (recorded, applied) = tokio::join!(record, applied);
-                recorded?;
-                applied?;
+                Ok::<_, StepFailure>((recorded?, applied?))
             }
-            None => applied.await?,
+            None => Ok((recorded_before, applied.await?)),
         }
-        Ok::<_, StepFailure>(Instant::now())
     };
 
     // 5. Promote, and repoint the others (and, in a switchover, the old master).
@@ -627,7 +638,7 @@ async fn promote_steps<C: Control, D: Decisions>(
     let (stage_tx, stage_rx) = tokio::sync::watch::channel(Stage::Preparing);
     let promoted = |reason: String| StepFailure { promoted: Some(candidate.clone()), reason };
     let promote_and_check = async {
-        let applied_at = match prepared.await {
+        let (recorded_at, applied_at) = match prepared.await {
             Ok(at) => at,
             Err(e) => {
                 stage_tx.send_replace(Stage::Failed);
@@ -646,7 +657,7 @@ async fn promote_steps<C: Control, D: Decisions>(
             })
             .await
             .map(|_| Instant::now());
-            Ok::<_, StepFailure>((applied_at, promoted_at, took, checked))
+            Ok::<_, StepFailure>((recorded_at, applied_at, promoted_at, took, checked))
         }
         .await;
         stage_tx.send_replace(Stage::Checked);
@@ -683,7 +694,7 @@ async fn promote_steps<C: Control, D: Decisions>(
         done
     };
     let (promotion, repointed) = tokio::join!(promote_and_check, repoints);
-    let (applied_at, promoted_at, promote_took, checked) = match promotion {
+    let (recorded_at, applied_at, promoted_at, promote_took, checked) = match promotion {
         Ok(p) => p,
         Err(e) => {
             for (k, r, _, _) in &repointed {
@@ -694,6 +705,9 @@ async fn promote_steps<C: Control, D: Decisions>(
             return Err(e);
         }
     };
+    if let Some(at) = recorded_at {
+        log.step_at(at, format!("candidate {candidate} recorded in Raft"));
+    }
     log.step_at(applied_at, format!("{candidate} applied everything it received"));
     log.step_at(promoted_at, format!("promoted {candidate} ({} ms)", promote_took.as_millis()));
     let mut problems = Vec::new();

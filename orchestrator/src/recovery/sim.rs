@@ -941,7 +941,12 @@ fn spawn_run(world: &Arc<Mutex<World>>, term: u64, req: RecoveryRequest) -> toki
     let decisions = SimDecisions { world: world.clone(), term };
     let world = world.clone();
     tokio::spawn(async move {
-        let timings = Timings { apply_wait: WAIT, verify_wait: WAIT, poll: Duration::from_millis(10) };
+        let timings = Timings {
+            apply_wait: WAIT,
+            verify_wait: WAIT,
+            poll: Duration::from_millis(10),
+            apply_poll: Duration::from_millis(5),
+        };
         let outcome = run_recovery(&control, &decisions, &NoHooks, &req, &timings).await;
         let mut w = lock(&world);
         w.note(format!(
