@@ -126,9 +126,12 @@ impl CertAuthority {
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let start = time_now().unwrap_or(params.not_before) - time::Duration::days(1);
-        params.not_before = start;
-        params.not_after = start + time::Duration::days(days.max(1));
+        // Valid from a day back (a peer whose clock is behind still accepts it) to
+        // `days` days from now: counted from the backdated start, a 1-day certificate
+        // expired the moment it was made.
+        let now = time_now().unwrap_or(params.not_before);
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(days.max(1));
         let key = KeyPair::generate().map_err(|e| generate_error(&what, e))?;
         let issuer = Issuer::new(ca_params(&self.cluster), &self.key);
         let cert = params.signed_by(&key, &issuer).map_err(|e| generate_error(&what, e))?;
@@ -197,6 +200,10 @@ mod tests {
     use std::sync::Arc;
 
     fn verify(ca_pem: &str, node_pem: &str, name: &str) -> Result<(), rustls::Error> {
+        verify_at(ca_pem, node_pem, name, UnixTime::now())
+    }
+
+    fn verify_at(ca_pem: &str, node_pem: &str, name: &str, at: UnixTime) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -205,13 +212,7 @@ mod tests {
             .unwrap();
         let cert = CertificateDer::from_pem_slice(node_pem.as_bytes()).unwrap();
         verifier
-            .verify_server_cert(
-                &cert,
-                &[],
-                &ServerName::try_from(name.to_string()).unwrap(),
-                &[],
-                UnixTime::now(),
-            )
+            .verify_server_cert(&cert, &[], &ServerName::try_from(name.to_string()).unwrap(), &[], at)
             .map(|_| ())
     }
 
@@ -230,6 +231,20 @@ mod tests {
         let again = CertAuthority::from_key_pem("main", &ca.pem().unwrap().key).unwrap();
         let later = again.node(&"4=127.0.1.4".parse().unwrap(), 30).unwrap();
         verify(&ca_pem, &later.cert, "127.0.1.4").unwrap();
+    }
+
+    #[test]
+    fn a_node_certificate_is_valid_for_the_days_asked_from_now() {
+        let ca = CertAuthority::generate("main").unwrap();
+        let pem = ca.node(&"2=127.0.1.2".parse().unwrap(), 1).unwrap();
+        let ca_pem = ca.pem().unwrap().cert;
+        let at = |from_now_s: i64| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.saturating_add_signed(from_now_s)))
+        };
+        verify_at(&ca_pem, &pem.cert, "127.0.1.2", at(-3600)).expect("a clock an hour behind");
+        verify_at(&ca_pem, &pem.cert, "127.0.1.2", at(23 * 3600)).expect("valid for the day asked");
+        assert!(verify_at(&ca_pem, &pem.cert, "127.0.1.2", at(25 * 3600)).is_err(), "expired after it");
     }
 
     #[test]
