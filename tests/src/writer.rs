@@ -35,6 +35,11 @@ pub struct Writer {
 }
 
 async fn connect(host: &str) -> Option<Conn> {
+    connect_within(host, Duration::from_millis(500)).await
+}
+
+/// A connection to `host` as the application, if one is made within `timeout`.
+pub async fn connect_within(host: &str, timeout: Duration) -> Option<Conn> {
     let opts = OptsBuilder::default()
         .ip_or_hostname(host.to_string())
         .tcp_port(3306)
@@ -42,7 +47,7 @@ async fn connect(host: &str) -> Option<Conn> {
         .pass(Some(APP_PASSWORD))
         .prefer_socket(false)
         .stmt_cache_size(0);
-    tokio::time::timeout(Duration::from_millis(500), Conn::new(opts)).await.ok()?.ok()
+    tokio::time::timeout(timeout, Conn::new(opts)).await.ok()?.ok()
 }
 
 /// The first of `hosts` that answers and is writable, connected as the application.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mysql_async::prelude::Queryable;
-use orch_tests::db::{Flavor, APP_PASSWORD, APP_USER};
+use orch_tests::db::Flavor;
 use orch_tests::peer::http_client;
 use orch_tests::raft::{raft_state, rss_kib, wait_agreed_leader};
 use orch_tests::writer::Writer;
@@ -335,16 +335,7 @@ async fn until_writable(hosts: &[String], since: Instant) -> anyhow::Result<Dura
             let mut conn: Option<mysql_async::Conn> = None;
             while since.elapsed() < Duration::from_secs(30) {
                 if conn.is_none() {
-                    let opts = mysql_async::OptsBuilder::default()
-                        .ip_or_hostname(host.clone())
-                        .tcp_port(3306)
-                        .user(Some(APP_USER))
-                        .pass(Some(APP_PASSWORD))
-                        .prefer_socket(false)
-                        .stmt_cache_size(0);
-                    let connect =
-                        tokio::time::timeout(Duration::from_millis(300), mysql_async::Conn::new(opts));
-                    conn = connect.await.ok().and_then(Result::ok);
+                    conn = orch_tests::writer::connect_within(&host, Duration::from_millis(300)).await;
                 }
                 if let Some(c) = conn.as_mut() {
                     id += 1;
